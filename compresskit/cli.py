@@ -1,0 +1,174 @@
+"""The `compresskit` command: a thin typer shell over the library (parse, call, print a summary)."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from compresskit.errors import CompresskitError
+
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="Train VGG-family CNNs on small image sets, look inside them layer by layer, shrink them.",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn a `CompresskitError` into one line on stderr and exit code 2."""
+    try:
+        yield
+    except CompresskitError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _print_table(title: str, rows: list[tuple[str, str]]) -> None:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.2f}%"
+
+
+@app.command()
+def train(
+    out: Path = typer.Option(..., "--out", help="Run directory to create."),
+    model: str = typer.Option("vgg11_bn", help="vgg11|vgg13|vgg16|vgg19|cnn, each also with _bn."),
+    dataset: str = typer.Option("digits", help="cifar10|cifar100|fashion-mnist|mnist|digits|synthetic."),
+    data_dir: Path | None = typer.Option(None, help="Folder holding the dataset files (default ./data)."),
+    download: bool = typer.Option(True, help="Download CIFAR (checksum-verified) when not on disk."),
+    width: float = typer.Option(1.0, help="Channel width multiplier."),
+    head: str = typer.Option("linear", help="linear (features→classes) or mlp (features→512·width→classes)."),
+    dropout: float = typer.Option(0.0, help="Dropout before the head's last linear layer."),
+    global_pool: bool = typer.Option(False, help="Average-pool the last feature map before the head."),
+    val_fraction: float = typer.Option(0.1, help="Stratified share of train held out for validation."),
+    augment: str | None = typer.Option(
+        None,
+        help="Comma list of crop[=PAD], flip, cutout[=SIZE], jitter[=AMOUNT], or none. "
+        "Default: crop,flip (crop only for digits and mnist).",
+    ),
+    epochs: int = typer.Option(30, help="Maximum number of epochs."),
+    batch_size: int = typer.Option(128, help="Training batch size."),
+    lr: float = typer.Option(0.05, help="Peak learning rate."),
+    optimizer: str = typer.Option("sgd", help="sgd (Nesterov momentum) or adamw."),
+    momentum: float = typer.Option(0.9, help="SGD momentum."),
+    weight_decay: float = typer.Option(5e-4, help="Weight decay on weights (not biases or BN)."),
+    schedule: str = typer.Option("onecycle", help="step|cosine|onecycle|none, stepped every batch."),
+    step_size: int = typer.Option(0, help="Epochs between decays for --schedule step (0: epochs/3)."),
+    gamma: float = typer.Option(0.1, help="Decay factor for --schedule step."),
+    label_smoothing: float = typer.Option(0.0, help="Label smoothing of the training loss."),
+    target_accuracy: float | None = typer.Option(
+        None, help="Stop once validation accuracy reaches this fraction, e.g. 0.9."
+    ),
+    patience: int | None = typer.Option(
+        None, help="Stop after this many epochs without a better validation accuracy."
+    ),
+    seed: int = typer.Option(0, help="Seed of the split, the batches, the initial weights."),
+    device: str = typer.Option("auto", help="auto|cpu|cuda."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model (opt-in)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+) -> None:
+    """Train a model from scratch into a run directory."""
+    from compresskit.progress import Progress
+    from compresskit.runs import DataOptions, ModelOptions, train_run
+    from compresskit.train import TrainConfig
+
+    with user_errors():
+        cfg = TrainConfig(
+            epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
+            weight_decay=weight_decay, schedule=schedule, step_size=step_size, gamma=gamma,
+            label_smoothing=label_smoothing, target_accuracy=target_accuracy, patience=patience,
+            seed=seed, device=device, compile=compile,
+        )  # fmt: skip
+        summary = train_run(
+            out,
+            ModelOptions(name=model, width=width, head=head, dropout=dropout, global_pool=global_pool),
+            DataOptions(
+                dataset=dataset,
+                data_dir=str(data_dir) if data_dir is not None else None,
+                download=download,
+                val_fraction=val_fraction,
+                augment=augment,
+            ),
+            cfg,
+            overwrite=overwrite,
+            progress=Progress(enabled=not quiet),
+        )
+    _print_table(
+        f"trained {summary['model']} on {summary['dataset']}",
+        [
+            ("run directory", summary["run"]),
+            ("parameters", f"{summary['parameters']:,}"),
+            ("epochs run", f"{summary['epochs_run']} (stopped: {summary['stop_reason']})"),
+            ("best epoch", str(summary["best_epoch"])),
+            ("best val accuracy", _pct(summary["best_val_acc"])),
+            ("test accuracy (best)", _pct(summary["test_acc"])),
+            ("test accuracy (last)", _pct(summary["last_test_acc"])),
+            ("training time", f"{summary['train_seconds']:.1f} s on {summary['device']}"),
+        ],
+    )
+
+
+@app.command()
+def evaluate(
+    checkpoint: Path = typer.Option(..., help="Run directory (its checkpoint.pt) or a .pt file."),
+    data_dir: Path | None = typer.Option(None, help="Dataset folder (default: the one used in training)."),
+    download: bool = typer.Option(True, help="Download CIFAR (checksum-verified) when not on disk."),
+    batch_size: int = typer.Option(256, help="Evaluation batch size."),
+    device: str = typer.Option("auto", help="auto|cpu|cuda."),
+) -> None:
+    """Test accuracy, per-class precision/recall/F1 and a confusion matrix, into the run directory."""
+    from compresskit.runs import evaluate_run
+
+    with user_errors():
+        result = evaluate_run(
+            checkpoint,
+            data_dir=str(data_dir) if data_dir is not None else None,
+            download=download,
+            batch_size=batch_size,
+            device=device,
+        )
+    per_class = result["per_class"]
+    table = Table(title=f"per-class results on {result['dataset']} test", title_justify="left")
+    for column in ("class", "precision", "recall", "f1", "support"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for row in per_class.itertuples(index=False):
+        table.add_row(str(row[0]), f"{row[1]:.3f}", f"{row[2]:.3f}", f"{row[3]:.3f}", str(row[4]))
+    if len(per_class) <= 20:
+        console.print(table)
+    run_dir = Path(result["checkpoint"]).parent
+    _print_table(
+        "evaluation",
+        [
+            ("checkpoint", result["checkpoint"]),
+            ("test accuracy", _pct(result["test_acc"])),
+            ("macro recall", _pct(result["macro_recall"])),
+            ("macro F1", _pct(result["macro_f1"])),
+            (
+                "written",
+                ", ".join(str(run_dir / f) for f in ("evaluation.json", "per_class.csv", "confusion.png")),
+            ),
+        ],
+    )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

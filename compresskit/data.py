@@ -1,0 +1,567 @@
+"""Datasets as uint8 tensors, the stratified validation split, and the batched `Loader`.
+
+Every dataset loads as an `ImageDataset`: uint8 images of shape N×C×H×W with H = W = 32, int64
+labels, class names, and the per-channel mean/std of the training images (in [0, 1] units).
+
+Two conventions hold for every dataset, so that one model family serves all of them:
+
+* **Size.** Images smaller than 32×32 (MNIST-style 28×28, digits 8×8) are resized to 32×32 with
+  bilinear interpolation (`torch.nn.functional.interpolate`, ``align_corners=False``, no
+  antialiasing) and rounded back to uint8. Larger images are refused.
+* **Grayscale** stays one channel: the model's first convolution takes ``in_channels=1``. Nothing is
+  replicated to three channels.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from compresskit.errors import CompresskitError
+
+IMAGE_SIZE = 32
+DATASET_NAMES = ("cifar10", "cifar100", "fashion-mnist", "mnist", "digits", "synthetic")
+DEFAULT_DATA_DIR = Path(os.environ.get("COMPRESSKIT_DATA", "data"))
+DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+
+_CIFAR = {
+    # name: (folder, train files, test file, meta file, label key, class-name key, classes, url)
+    "cifar10": (
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        "test_batch",
+        "batches.meta",
+        "labels",
+        "label_names",
+        10,
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    ),
+    "cifar100": (
+        "cifar-100-python",
+        ["train"],
+        "test",
+        "meta",
+        "fine_labels",
+        "fine_label_names",
+        100,
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+    ),
+}
+
+
+@dataclass
+class ImageSplit:
+    """One split: `images` uint8 N×C×32×32, `labels` int64 N."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: torch.Tensor) -> ImageSplit:
+        return ImageSplit(self.images[indices], self.labels[indices])
+
+
+@dataclass
+class ImageDataset:
+    """A dataset with its train and test splits, class names and per-channel statistics."""
+
+    name: str
+    train: ImageSplit
+    test: ImageSplit
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def channels(self) -> int:
+        return int(self.train.images.shape[1])
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None, *, download: bool = True) -> ImageDataset:
+    """Load a dataset by name (one of `DATASET_NAMES`).
+
+    `data_dir` is where files live (default ``$COMPRESSKIT_DATA`` or ``./data``). CIFAR files found
+    there are validated by structure; when absent they are downloaded (with torchvision's checksum
+    check) unless `download` is False. MNIST-style IDX files are never downloaded.
+    """
+    if name not in DATASET_NAMES:
+        raise CompresskitError(f"--dataset '{name}' is not known; choose one of: {', '.join(DATASET_NAMES)}.")
+    explicit_dir = data_dir is not None
+    root = Path(data_dir) if explicit_dir else DEFAULT_DATA_DIR
+    if explicit_dir and not root.is_dir() and name not in ("digits", "synthetic"):
+        raise CompresskitError(f"--data-dir {root} is not a directory.")
+    if name in _CIFAR:
+        train, test, classes = _load_cifar(name, root, download=download)
+    elif name in ("fashion-mnist", "mnist"):
+        candidates = _idx_candidate_dirs(name, root, include_system=not explicit_dir)
+        train, test = _load_idx_pair(name, candidates)
+        classes = FASHION_MNIST_CLASSES if name == "fashion-mnist" else [str(i) for i in range(10)]
+    elif name == "digits":
+        train, test, classes = _load_digits()
+    else:
+        train, test, classes = _make_synthetic()
+    train = ImageSplit(_to_image_size(train.images), train.labels)
+    test = ImageSplit(_to_image_size(test.images), test.labels)
+    mean, std = channel_stats(train.images)
+    return ImageDataset(name, train, test, list(classes), mean, std)
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of uint8 images N×C×H×W, in [0, 1] units."""
+    c = images.shape[1]
+    total = torch.zeros(c, dtype=torch.float64)
+    total_sq = torch.zeros(c, dtype=torch.float64)
+    for chunk in images.split(8192):
+        x = chunk.to(torch.float64) / 255.0
+        total += x.sum(dim=(0, 2, 3))
+        total_sq += (x * x).sum(dim=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = (total_sq / count - mean * mean).clamp_min(1e-12).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def _to_image_size(images: torch.Tensor) -> torch.Tensor:
+    """Bring uint8 N×C×H×W images to 32×32 (bilinear); see the module docstring."""
+    h, w = images.shape[-2:]
+    if (h, w) == (IMAGE_SIZE, IMAGE_SIZE):
+        return images.contiguous()
+    if h > IMAGE_SIZE or w > IMAGE_SIZE:
+        raise CompresskitError(f"images of {h}×{w} pixels are larger than the 32×32 supported.")
+    out = []
+    for chunk in images.split(8192):
+        x = F.interpolate(chunk.float(), size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear")
+        out.append(x.round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(out)
+
+
+def _unpickle(path: Path, what: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            obj = pickle.load(f, encoding="latin1")
+    except Exception as exc:
+        raise CompresskitError(f"{path} could not be read as a {what} file ({exc}).") from None
+    if not isinstance(obj, dict):
+        raise CompresskitError(f"{path} is not a {what} file: expected a pickled dict.")
+    return obj
+
+
+def _read_cifar_batch(path: Path, label_key: str, num_classes: int, what: str) -> ImageSplit:
+    batch = _unpickle(path, what)
+    for key in ("data", label_key):
+        if key not in batch:
+            raise CompresskitError(f"{path} is not a {what} file: it has no '{key}' entry.")
+    data, labels = batch["data"], np.asarray(batch[label_key])
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2):
+        raise CompresskitError(f"{path} is not a {what} file: 'data' must be a uint8 N×3072 array.")
+    if data.shape[1] != 3 * IMAGE_SIZE * IMAGE_SIZE:
+        raise CompresskitError(
+            f"{path} is not a {what} file: 'data' rows have {data.shape[1]} values, not 3072."
+        )
+    if labels.shape != (data.shape[0],):
+        raise CompresskitError(
+            f"{path} is not a {what} file: {len(labels)} labels for {data.shape[0]} images."
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise CompresskitError(f"{path} is not a {what} file: labels must lie in 0..{num_classes - 1}.")
+    images = torch.from_numpy(data.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE).copy())
+    return ImageSplit(images, torch.from_numpy(labels.astype(np.int64)))
+
+
+def _load_cifar(name: str, root: Path, *, download: bool) -> tuple[ImageSplit, ImageSplit, list[str]]:
+    folder, train_files, test_file, meta_file, label_key, names_key, n_classes, url = _CIFAR[name]
+    what = "CIFAR-10" if name == "cifar10" else "CIFAR-100"
+    base = root if root.name == folder else root / folder
+    if not base.is_dir():
+        if not download:
+            raise CompresskitError(
+                f"{what} files were not found in {base} and downloading is off (--no-download); "
+                f"download {url} and extract it into {root}, or pass --data-dir DIR holding {folder}/."
+            )
+        _download_cifar(name, root, url, folder)
+        base = root / folder
+    missing = [f for f in [*train_files, test_file, meta_file] if not (base / f).is_file()]
+    if missing:
+        raise CompresskitError(
+            f"{base} is missing the {what} file(s) {', '.join(missing)}; "
+            f"expected {', '.join([*train_files, test_file, meta_file])}."
+        )
+    parts = [_read_cifar_batch(base / f, label_key, n_classes, what) for f in train_files]
+    train = ImageSplit(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]))
+    test = _read_cifar_batch(base / test_file, label_key, n_classes, what)
+    meta = _unpickle(base / meta_file, f"{what} meta")
+    classes = meta.get(names_key)
+    if not isinstance(classes, list) or len(classes) != n_classes:
+        raise CompresskitError(
+            f"{base / meta_file} is not a {what} meta file: '{names_key}' must list {n_classes} class names."
+        )
+    return train, test, [str(c) for c in classes]
+
+
+def _download_cifar(name: str, root: Path, url: str, folder: str) -> None:
+    """Download and extract through torchvision, which verifies the archive's md5."""
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        cls(root=str(root), train=True, download=True)
+    except Exception as exc:
+        raise CompresskitError(
+            f"{name} files were not found in {root / folder} and the download failed ({exc}); "
+            f"download {url} and extract it into {root}, or pass --data-dir DIR holding {folder}/."
+        ) from None
+
+
+# --------------------------------------------------------------------------- IDX (MNIST family)
+
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (optionally gzip-compressed) holding unsigned bytes."""
+    path = Path(path)
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise CompresskitError(f"{path} could not be read as an IDX file ({exc}).") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise CompresskitError(f"{path} is not an IDX file: bad magic number.")
+    if raw[2] != 0x08:
+        raise CompresskitError(f"{path} is not an unsigned-byte IDX file (type code {raw[2]:#x}).")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise CompresskitError(f"{path} is not an IDX file: header is truncated.")
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    expected = header + int(np.prod(dims, dtype=np.int64))
+    if len(raw) != expected:
+        raise CompresskitError(
+            f"{path} is not a valid IDX file: {len(raw)} bytes for dimensions {dims} (expected {expected})."
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _idx_candidate_dirs(name: str, root: Path, *, include_system: bool) -> list[Path]:
+    sub = {"fashion-mnist": ("fashion-mnist", "FashionMNIST"), "mnist": ("mnist", "MNIST")}[name]
+    dirs = [root, root / sub[0], root / sub[1] / "raw"]
+    if include_system and name == "fashion-mnist":
+        dirs.append(DEBIAN_FASHION_MNIST_DIR)
+    return dirs
+
+
+def _find_idx(stem: str, dirs: list[Path]) -> Path | None:
+    for d in dirs:
+        for candidate in (d / stem, d / f"{stem}.gz"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _load_idx_pair(name: str, dirs: list[Path]) -> tuple[ImageSplit, ImageSplit]:
+    splits = []
+    for image_stem, label_stem in _IDX_FILES.values():
+        image_path, label_path = _find_idx(image_stem, dirs), _find_idx(label_stem, dirs)
+        if image_path is None or label_path is None:
+            stem = image_stem if image_path is None else label_stem
+            hint = " (apt-get install dataset-fashion-mnist)" if name == "fashion-mnist" else ""
+            raise CompresskitError(
+                f"{name} file {stem}[.gz] was not found in {dirs[0]}; put the four IDX files "
+                f"there or pass --data-dir DIR holding them{hint}."
+            )
+        images, labels = read_idx(image_path), read_idx(label_path)
+        if images.ndim != 3:
+            raise CompresskitError(f"{image_path} must hold N×H×W images, not {images.ndim}-D.")
+        if labels.ndim != 1 or len(labels) != len(images):
+            raise CompresskitError(
+                f"{label_path} must hold one label per image of {image_path} ({len(images)})."
+            )
+        if labels.size and labels.max() >= 10:
+            raise CompresskitError(f"{label_path} has labels outside 0..9.")
+        splits.append(
+            ImageSplit(
+                torch.from_numpy(images.copy()).unsqueeze(1),
+                torch.from_numpy(labels.astype(np.int64)),
+            )
+        )
+    return splits[0], splits[1]
+
+
+# --------------------------------------------------------------------------- embedded data
+
+
+def _load_digits() -> tuple[ImageSplit, ImageSplit, list[str]]:
+    """scikit-learn's 1,797 8×8 digits (0..16) as uint8; a fixed stratified 20% test split."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.from_numpy(np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8))
+    images = images.unsqueeze(1)
+    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    train_idx, test_idx = stratified_split(labels, 0.2, seed=0)
+    return (
+        ImageSplit(images[train_idx], labels[train_idx]),
+        ImageSplit(images[test_idx], labels[test_idx]),
+        [str(i) for i in range(10)],
+    )
+
+
+def _make_synthetic(
+    num_classes: int = 4, train_per_class: int = 48, test_per_class: int = 16
+) -> tuple[ImageSplit, ImageSplit, list[str]]:
+    """A tiny learnable RGB set for tests: each class is a smooth random template plus noise."""
+    g = torch.Generator().manual_seed(1234)
+    templates = torch.rand(num_classes, 3, 4, 4, generator=g) * 2 - 1
+    templates = F.interpolate(templates, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear")
+
+    def split(per_class: int) -> ImageSplit:
+        labels = torch.arange(num_classes).repeat_interleave(per_class)
+        noise = torch.randn(len(labels), 3, IMAGE_SIZE, IMAGE_SIZE, generator=g)
+        x = 128 + 70 * templates[labels] + 35 * noise
+        return ImageSplit(x.round().clamp(0, 255).to(torch.uint8), labels)
+
+    return split(train_per_class), split(test_per_class), [f"class{i}" for i in range(num_classes)]
+
+
+# --------------------------------------------------------------------------- split
+
+
+def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split indices so each class contributes `fraction` of its samples to the second part.
+
+    Returns ``(keep, held_out)``, both sorted int64 index tensors. Each class with at least two
+    samples gives at least one sample to each part when ``0 < fraction < 1``. The same seed gives
+    the same split.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise CompresskitError(f"--val-fraction {fraction} is outside the allowed range [0, 1).")
+    g = torch.Generator().manual_seed(seed)
+    keep, held = [], []
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        k = round(len(idx) * fraction)
+        if fraction > 0 and len(idx) >= 2:
+            k = min(max(k, 1), len(idx) - 1)
+        held.append(idx[:k])
+        keep.append(idx[k:])
+    return torch.cat(keep).sort().values, torch.cat(held).sort().values
+
+
+# --------------------------------------------------------------------------- augmentation + Loader
+
+_AUGMENT_DEFAULTS = {"crop": 4, "flip": 1, "cutout": 8, "jitter": 0.4}
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Per-sample batch augmentation. Zero/False switches a part off.
+
+    crop_padding: zero-pad by this many pixels, then crop back to 32×32 at a random offset.
+    flip: mirror left-right with probability 1/2.
+    cutout: side in pixels of a square set to the dataset mean (0 after normalisation).
+    jitter: brightness, contrast and (RGB only) saturation each scaled by a factor in
+        [1 - jitter, 1 + jitter].
+    """
+
+    crop_padding: int = 0
+    flip: bool = False
+    cutout: int = 0
+    jitter: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str) -> Augmentation:
+        """Parse e.g. ``"crop,flip"``, ``"crop=2,flip,cutout=12"``, ``"jitter=0.2"`` or ``"none"``."""
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        if parts == ["none"]:
+            return cls()
+        values: dict[str, float] = {}
+        for part in parts:
+            key, _, value = part.partition("=")
+            if key not in _AUGMENT_DEFAULTS:
+                raise CompresskitError(
+                    f"--augment '{part}' is not known; use a comma list of "
+                    f"{', '.join(_AUGMENT_DEFAULTS)} (each optionally =VALUE), or 'none'."
+                )
+            try:
+                values[key] = float(value) if value else _AUGMENT_DEFAULTS[key]
+            except ValueError:
+                raise CompresskitError(f"--augment '{part}': {value!r} is not a number.") from None
+            if values[key] < 0:
+                raise CompresskitError(f"--augment '{part}': the value must not be negative.")
+        if values.get("jitter", 0) >= 1:
+            raise CompresskitError("--augment jitter must be below 1.")
+        return cls(
+            crop_padding=int(values.get("crop", 0)),
+            flip=bool(values.get("flip", 0)),
+            cutout=int(values.get("cutout", 0)),
+            jitter=float(values.get("jitter", 0.0)),
+        )
+
+    def describe(self) -> str:
+        parts = []
+        if self.crop_padding:
+            parts.append(f"crop={self.crop_padding}")
+        if self.flip:
+            parts.append("flip")
+        if self.cutout:
+            parts.append(f"cutout={self.cutout}")
+        if self.jitter:
+            parts.append(f"jitter={self.jitter:g}")
+        return ",".join(parts) or "none"
+
+    @property
+    def active(self) -> bool:
+        return self.describe() != "none"
+
+
+def default_augmentation(dataset: str) -> Augmentation:
+    """Crop + flip for natural images; crop only for digits, whose mirror images are not digits."""
+    if dataset in ("digits", "mnist"):
+        return Augmentation(crop_padding=2)
+    return Augmentation(crop_padding=4, flip=True)
+
+
+def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Zero-pad B×C×H×W images by `padding` and cut each back to H×W at its own random offset."""
+    b, c, h, w = images.shape
+    padded = F.pad(images, (padding, padding, padding, padding))
+    dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(images.device)
+    dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(images.device)
+    rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, None, :]
+    batch = torch.arange(b, device=images.device)[:, None, None, None]
+    chan = torch.arange(c, device=images.device)[None, :, None, None]
+    return padded[batch, chan, rows, cols]
+
+
+def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror each image left-right with probability 1/2."""
+    flip = (torch.rand(images.shape[0], generator=generator) < 0.5).to(images.device)
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
+def random_cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Zero a size×size square (clipped at the border) at a random centre in each image."""
+    b, _, h, w = images.shape
+    cy = torch.randint(0, h, (b,), generator=generator).to(images.device)
+    cx = torch.randint(0, w, (b,), generator=generator).to(images.device)
+    ys = torch.arange(h, device=images.device)[None, :] - (cy[:, None] - size // 2)
+    xs = torch.arange(w, device=images.device)[None, :] - (cx[:, None] - size // 2)
+    inside = ((ys >= 0) & (ys < size))[:, :, None] & ((xs >= 0) & (xs < size))[:, None, :]
+    return images.masked_fill(inside[:, None], 0.0)
+
+
+def random_jitter(images: torch.Tensor, amount: float, generator: torch.Generator) -> torch.Tensor:
+    """Brightness, contrast and (3 channels) saturation jitter on B×C×H×W floats in [0, 1]."""
+    b = images.shape[0]
+
+    def factors() -> torch.Tensor:
+        f = 1 + (torch.rand(b, generator=generator) * 2 - 1) * amount
+        return f.to(images.device)[:, None, None, None]
+
+    x = images * factors()
+    gray = x.mean(dim=1, keepdim=True) if x.shape[1] == 3 else x
+    x = (x - gray.mean(dim=(2, 3), keepdim=True)) * factors() + gray.mean(dim=(2, 3), keepdim=True)
+    if x.shape[1] == 3:
+        gray = x.mean(dim=1, keepdim=True)
+        x = (x - gray) * factors() + gray
+    return x.clamp(0.0, 1.0)
+
+
+class Loader:
+    """Batches from uint8 images kept on `device`; augmentation runs on whole batches there.
+
+    Yields ``(x, y)``: x float32 B×C×32×32 normalised with `mean`/`std`, y int64 B. All randomness
+    (order, crops, flips, …) comes from one CPU `torch.Generator` seeded with `seed`, so two
+    loaders built alike yield identical batches, epoch after epoch.
+    """
+
+    def __init__(
+        self,
+        split: ImageSplit,
+        batch_size: int,
+        *,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        augment: Augmentation | None = None,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        channels_last: bool = False,
+    ) -> None:
+        if batch_size <= 0:
+            raise CompresskitError(f"--batch-size {batch_size} must be a positive integer.")
+        self.device = torch.device(device)
+        self.images = split.images.to(self.device)
+        self.labels = split.labels.to(self.device)
+        self.batch_size = batch_size
+        self.augment = augment or Augmentation()
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.channels_last = channels_last
+        self.generator = torch.Generator().manual_seed(seed)
+        self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1) * 255.0
+        self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1) * 255.0
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.labels)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        if self.shuffle:
+            order = torch.randperm(n, generator=self.generator).to(self.device)
+        else:
+            order = torch.arange(n, device=self.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            yield self._prepare(self.images[idx]), self.labels[idx]
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        aug, g = self.augment, self.generator
+        if aug.crop_padding:
+            images = random_crop(images, aug.crop_padding, g)
+        x = images.float()
+        if aug.flip:
+            x = random_flip(x, g)
+        if aug.jitter:
+            x = random_jitter(x / 255.0, aug.jitter, g) * 255.0
+        x = (x - self.mean) / self.std
+        if aug.cutout:
+            x = random_cutout(x, aug.cutout, g)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x

@@ -1,0 +1,211 @@
+"""VGG-family networks and small baseline CNNs for 32×32 inputs, rebuilt from a JSON-able spec.
+
+Every model is a `ConvNet`: ``features`` (a `nn.Sequential` of conv blocks — each itself
+``Sequential(Conv2d 3×3 pad 1, [BatchNorm2d], ReLU)`` — and 2×2 max-pools) followed by ``head``.
+A `ModelSpec` lists every conv layer's output channels, so pruned networks with arbitrary
+per-layer widths rebuild exactly from the spec alone, with no pickled code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+from compresskit.errors import CompresskitError
+
+POOL = "M"
+
+# Channel plans of the VGG paper (configurations A, B, D, E); "M" is a 2×2 max-pool.
+VGG_LAYERS: dict[str, list[int | str]] = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
+              512, 512, 512, "M", 512, 512, 512, "M"],
+    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
+              512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
+    # The reference studies' conv-relu-pool "sandwich" baseline: three conv + pool stages.
+    "cnn": [32, "M", 64, "M", 128, "M"],
+}  # fmt: skip
+HEADS = ("linear", "mlp")
+MODEL_NAMES = tuple(f"{base}{bn}" for base in VGG_LAYERS for bn in ("", "_bn"))
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild a model; round-trips through JSON.
+
+    layers: conv output channels in order, with "M" for each 2×2 max-pool.
+    head: "linear" (features → classes) or "mlp" (features → head_width → classes, ReLU between).
+    global_pool: average the last feature map to 1×1 before the head instead of flattening it.
+    """
+
+    name: str
+    layers: list[int | str]
+    batch_norm: bool = False
+    in_channels: int = 3
+    num_classes: int = 10
+    input_size: int = 32
+    head: str = "linear"
+    head_width: int = 512
+    dropout: float = 0.0
+    global_pool: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelSpec:
+        if not isinstance(data, dict):
+            raise CompresskitError("the model spec must be a mapping of field names to values.")
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise CompresskitError(f"the model spec has unknown field(s): {', '.join(sorted(unknown))}.")
+        spec = cls(**data)
+        spec.validate()
+        return spec
+
+    def validate(self) -> None:
+        convs = [c for c in self.layers if c != POOL]
+        if not convs:
+            raise CompresskitError("a model needs at least one convolution layer.")
+        if any(not isinstance(c, int) or isinstance(c, bool) or c <= 0 for c in convs):
+            raise CompresskitError("every conv layer width in the model spec must be a positive integer.")
+        if self.head not in HEADS:
+            raise CompresskitError(f"--head '{self.head}' is not known; choose one of: {', '.join(HEADS)}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise CompresskitError(f"--dropout {self.dropout} is outside the allowed range [0, 1).")
+        if self.input_size >> self.layers.count(POOL) < 1:
+            raise CompresskitError(
+                f"{self.layers.count(POOL)} max-pools shrink a {self.input_size}-pixel input to nothing."
+            )
+
+    @property
+    def conv_widths(self) -> list[int]:
+        return [int(c) for c in self.layers if c != POOL]
+
+    def feature_shape(self) -> tuple[int, int, int]:
+        """Shape (C, H, W) of the last feature map, before the head."""
+        side = self.input_size >> self.layers.count(POOL)
+        return self.conv_widths[-1], side, side
+
+
+def make_spec(
+    name: str,
+    num_classes: int = 10,
+    *,
+    in_channels: int = 3,
+    width: float = 1.0,
+    head: str = "linear",
+    dropout: float = 0.0,
+    global_pool: bool = False,
+) -> ModelSpec:
+    """The spec of a named model (`MODEL_NAMES`, e.g. ``"vgg11_bn"``) at a width multiplier.
+
+    `width` scales every conv layer and the mlp head's hidden layer (512), rounding to the nearest
+    integer and keeping at least one channel.
+    """
+    if name not in MODEL_NAMES:
+        raise CompresskitError(f"--model '{name}' is not known; choose one of: {', '.join(MODEL_NAMES)}.")
+    if not width > 0:
+        raise CompresskitError(f"--width {width} must be a positive number.")
+    base, batch_norm = name.removesuffix("_bn"), name.endswith("_bn")
+    layers = [c if c == POOL else max(1, round(int(c) * width)) for c in VGG_LAYERS[base]]
+    spec = ModelSpec(
+        name=name,
+        layers=layers,
+        batch_norm=batch_norm,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        head=head,
+        head_width=max(1, round(512 * width)),
+        dropout=dropout,
+        global_pool=global_pool,
+    )
+    spec.validate()
+    return spec
+
+
+def conv_block(in_channels: int, out_channels: int, batch_norm: bool) -> nn.Sequential:
+    """Conv 3×3 (padding 1) → [BatchNorm] → ReLU. The conv has no bias when BN follows it."""
+    conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=not batch_norm)
+    parts: list[nn.Module] = [conv]
+    if batch_norm:
+        parts.append(nn.BatchNorm2d(out_channels))
+    parts.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*parts)
+
+
+class ConvNet(nn.Module):
+    """A VGG-style network built from a `ModelSpec`. Input B×C×32×32, output B×num_classes logits."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        spec.validate()
+        self.spec = spec
+        blocks: list[nn.Module] = []
+        channels = spec.in_channels
+        for item in spec.layers:
+            if item == POOL:
+                blocks.append(nn.MaxPool2d(2))
+            else:
+                blocks.append(conv_block(channels, int(item), spec.batch_norm))
+                channels = int(item)
+        self.features = nn.Sequential(*blocks)
+        c, h, w = spec.feature_shape()
+        head: list[nn.Module] = []
+        if spec.global_pool:
+            head.append(nn.AdaptiveAvgPool2d(1))
+            h = w = 1
+        head.append(nn.Flatten())
+        if spec.head == "mlp":
+            head += [nn.Linear(c * h * w, spec.head_width), nn.ReLU(inplace=True)]
+            if spec.dropout:
+                head.append(nn.Dropout(spec.dropout))
+            head.append(nn.Linear(spec.head_width, spec.num_classes))
+        else:
+            if spec.dropout:
+                head.append(nn.Dropout(spec.dropout))
+            head.append(nn.Linear(c * h * w, spec.num_classes))
+        self.head = nn.Sequential(*head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def init_weights(model: nn.Module) -> None:
+    """Kaiming-normal (fan-out, ReLU) for convolutions, Kaiming-normal (fan-in) for hidden linear
+    layers, N(0, 0.01) for the output layer, BN scale 1 and shift 0, all biases 0."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            if linears and m is linears[-1]:
+                nn.init.normal_(m.weight, 0.0, 0.01)
+            else:
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def build_model(spec: ModelSpec, *, seed: int | None = None) -> ConvNet:
+    """Build and Kaiming-initialise a model; with `seed`, the initial weights are reproducible."""
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = ConvNet(spec)
+            init_weights(model)
+        return model
+    model = ConvNet(spec)
+    init_weights(model)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,63 @@
+"""matplotlib figures written to PNG; no computation of their own."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+
+def plot_training_curves(history: pd.DataFrame, path: str | Path, title: str = "") -> Path:
+    """Loss and accuracy per epoch, train vs validation, side by side."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in ((ax_loss, "loss"), (ax_acc, "acc")):
+        ax.plot(history["epoch"], history[f"train_{metric}"], marker=".", label="train")
+        if history[f"val_{metric}"].notna().any():
+            ax.plot(history["epoch"], history[f"val_{metric}"], marker=".", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("cross-entropy loss" if metric == "loss" else "accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_confusion_matrix(
+    matrix: np.ndarray, classes: Sequence[str], path: str | Path, title: str = ""
+) -> Path:
+    """Row-normalised confusion matrix (rows: true class, columns: predicted), counts annotated
+    when there are at most 20 classes."""
+    matrix = np.asarray(matrix)
+    rows = matrix.sum(axis=1, keepdims=True)
+    norm = np.divide(matrix, rows, out=np.zeros(matrix.shape, dtype=float), where=rows > 0)
+    n = len(classes)
+    size = max(5.0, min(0.45 * n + 2, 30.0))
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    image = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
+    ticks = np.arange(n)
+    ax.set_xticks(ticks, labels=classes if n <= 40 else None, rotation=90)
+    ax.set_yticks(ticks, labels=classes if n <= 40 else None)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                color = "white" if norm[i, j] > 0.5 else "black"
+                ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7, color=color)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

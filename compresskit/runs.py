@@ -1,0 +1,320 @@
+"""Run directories and the jobs that fill them: `train_run` makes one, `evaluate_run` adds to one.
+
+A run directory holds ``config.json``, ``history.csv``, ``checkpoint.pt`` (best validation
+accuracy), ``last.pt``, ``curves.png`` and ``summary.json`` (with the best checkpoint's test
+accuracy). It is built in a hidden staging folder beside its final place and renamed into place
+only when complete, so a failed run never leaves a half-made directory behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+from compresskit import __version__
+from compresskit.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from compresskit.data import (
+    Augmentation,
+    ImageDataset,
+    Loader,
+    default_augmentation,
+    load_dataset,
+    stratified_split,
+)
+from compresskit.errors import CompresskitError
+from compresskit.models import MODEL_NAMES, build_model, count_parameters, make_spec
+from compresskit.plots import plot_confusion_matrix, plot_training_curves
+from compresskit.progress import Progress
+from compresskit.train import HISTORY_COLUMNS, TrainConfig, evaluate, fit, predict, resolve_device
+
+
+@dataclass
+class ModelOptions:
+    """How to build the model: a name from `MODEL_NAMES` and its variations."""
+
+    name: str = "vgg11_bn"
+    width: float = 1.0
+    head: str = "linear"
+    dropout: float = 0.0
+    global_pool: bool = False
+
+
+@dataclass
+class DataOptions:
+    """Which data, and how it is split and augmented. `augment=None` picks the dataset default."""
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = True
+    val_fraction: float = 0.1
+    augment: str | None = None
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def check_output_dir(out: Path, *, overwrite: bool) -> None:
+    """Refuse an `--out` that is a file, or a non-empty directory unless `overwrite`."""
+    if out.exists() and not out.is_dir():
+        raise CompresskitError(f"--out {out} exists and is not a directory.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise CompresskitError(
+            f"--out {out} already exists and is not empty; choose a new directory or pass --overwrite."
+        )
+
+
+@contextmanager
+def staged_directory(out: Path, *, overwrite: bool) -> Iterator[Path]:
+    """Yield a fresh staging folder; on success it replaces `out`, on any error it is removed."""
+    out = Path(out)
+    check_output_dir(out, overwrite=overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+
+
+def make_loaders(
+    data: ImageDataset,
+    *,
+    val_fraction: float,
+    augment: Augmentation,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+) -> tuple[Loader, Loader | None, Loader]:
+    """Train (shuffled, augmented), validation (a stratified `val_fraction` of train, or None)
+    and test loaders, all on `device`."""
+    train_idx, val_idx = stratified_split(data.train.labels, val_fraction, seed)
+    stats = {
+        "mean": data.mean,
+        "std": data.std,
+        "device": device,
+        "channels_last": device.type == "cuda",
+    }
+    eval_batch = max(batch_size, 256)
+    train = Loader(
+        data.train.subset(train_idx), batch_size, augment=augment, shuffle=True, seed=seed, **stats
+    )
+    val = Loader(data.train.subset(val_idx), eval_batch, **stats) if len(val_idx) else None
+    test = Loader(data.test, eval_batch, **stats)
+    return train, val, test
+
+
+def _versions() -> dict:
+    import torchvision
+
+    return {
+        "compresskit": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def train_run(
+    out: str | Path,
+    model_options: ModelOptions,
+    data_options: DataOptions,
+    cfg: TrainConfig,
+    *,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> dict:
+    """Train a model from scratch into the run directory `out`; returns the summary dict."""
+    progress = progress or Progress(enabled=False)
+    out = Path(out)
+    # Validate every flag before touching data or disk.
+    cfg.validate()
+    if model_options.name not in MODEL_NAMES:
+        raise CompresskitError(
+            f"--model '{model_options.name}' is not known; choose one of: {', '.join(MODEL_NAMES)}."
+        )
+    if not 0.0 <= data_options.val_fraction < 1.0:
+        raise CompresskitError(
+            f"--val-fraction {data_options.val_fraction} is outside the allowed range [0, 1)."
+        )
+    if data_options.val_fraction == 0 and (cfg.target_accuracy is not None or cfg.patience is not None):
+        raise CompresskitError("--target-accuracy and --patience need --val-fraction above 0.")
+    augment = (
+        Augmentation.parse(data_options.augment)
+        if data_options.augment is not None
+        else default_augmentation(data_options.dataset)
+    )
+    device = resolve_device(cfg.device)
+    check_output_dir(out, overwrite=overwrite)
+    data = load_dataset(data_options.dataset, data_options.data_dir, download=data_options.download)
+    spec = make_spec(
+        model_options.name,
+        data.num_classes,
+        in_channels=data.channels,
+        width=model_options.width,
+        head=model_options.head,
+        dropout=model_options.dropout,
+        global_pool=model_options.global_pool,
+    )
+    train_loader, val_loader, test_loader = make_loaders(
+        data,
+        val_fraction=data_options.val_fraction,
+        augment=augment,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        device=device,
+    )
+    model = build_model(spec, seed=cfg.seed).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    config = {
+        "model": {
+            **vars(model_options),
+            "spec": spec.to_dict(),
+            "parameters": count_parameters(model),
+        },
+        "data": {
+            **vars(data_options),
+            "augment": augment.describe(),
+            "train_samples": train_loader.num_samples,
+            "val_samples": val_loader.num_samples if val_loader else 0,
+            "test_samples": test_loader.num_samples,
+        },
+        "train": cfg.to_dict(),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "versions": _versions(),
+    }
+    progress.log(
+        f"{spec.name} (width {model_options.width:g}, {count_parameters(model):,} parameters) on "
+        f"{data.name}: {train_loader.num_samples} train / {config['data']['val_samples']} val / "
+        f"{test_loader.num_samples} test images, device {device}"
+    )
+    with staged_directory(out, overwrite=overwrite) as stage:
+        write_json(stage / "config.json", config)
+        result = fit(model, train_loader, val_loader, cfg, progress=progress)
+        history = pd.DataFrame(result.history, columns=list(HISTORY_COLUMNS))
+        history.to_csv(stage / "history.csv", index=False)
+        base_meta = {
+            "dataset": data.name,
+            "data_dir": data_options.data_dir,
+            "classes": data.classes,
+            "mean": list(data.mean),
+            "std": list(data.std),
+        }
+        last_epoch = int(history["epoch"].iloc[-1]) if len(history) else 0
+        _, last_test_acc = evaluate(model, test_loader, device)
+        save_checkpoint(
+            stage / "last.pt", spec, model,
+            {**base_meta, "epoch": last_epoch, "test_acc": last_test_acc},
+        )  # fmt: skip
+        model.load_state_dict(result.best_state)
+        test_loss, test_acc = evaluate(model, test_loader, device)
+        save_checkpoint(
+            stage / CHECKPOINT_NAME, spec, model,
+            {**base_meta, "epoch": result.best_epoch, "val_acc": result.best_val_acc,
+             "test_acc": test_acc},
+        )  # fmt: skip
+        if len(history):
+            plot_training_curves(history, stage / "curves.png", title=f"{spec.name} on {data.name}")
+        summary = {
+            "run": str(out),
+            "model": spec.name,
+            "width": model_options.width,
+            "parameters": count_parameters(model),
+            "dataset": data.name,
+            "epochs_run": len(history),
+            "stop_reason": result.stop_reason,
+            "best_epoch": result.best_epoch,
+            "best_val_acc": result.best_val_acc,
+            "test_acc": test_acc,
+            "test_loss": test_loss,
+            "last_test_acc": last_test_acc,
+            "train_seconds": result.seconds,
+            "device": str(device),
+        }
+        write_json(stage / "summary.json", summary)
+    return summary
+
+
+def evaluate_run(
+    checkpoint: str | Path,
+    *,
+    data_dir: str | None = None,
+    download: bool = True,
+    batch_size: int = 256,
+    device: str = "auto",
+) -> dict:
+    """Test accuracy, per-class precision/recall/F1 and a confusion matrix of a checkpoint.
+
+    Writes ``evaluation.json``, ``per_class.csv``, ``confusion.csv`` and ``confusion.png`` into the
+    checkpoint's directory (the run directory) and returns the summary dict.
+    """
+    if batch_size <= 0:
+        raise CompresskitError(f"--batch-size {batch_size} must be a positive integer.")
+    ckpt = load_checkpoint(checkpoint)
+    run_dir = ckpt.path.parent
+    dataset = ckpt.meta.get("dataset")
+    if not isinstance(dataset, str):
+        raise CompresskitError(f"--checkpoint {ckpt.path} does not record which dataset it was trained on.")
+    torch_device = resolve_device(device)
+    data = load_dataset(dataset, data_dir or ckpt.meta.get("data_dir"), download=download)
+    if data.num_classes != ckpt.spec.num_classes or data.channels != ckpt.spec.in_channels:
+        raise CompresskitError(
+            f"--checkpoint {ckpt.path} expects {ckpt.spec.num_classes} classes and "
+            f"{ckpt.spec.in_channels} channels, but {dataset} has {data.num_classes} and {data.channels}."
+        )
+    model = ckpt.build(torch_device)
+    loader = Loader(data.test, batch_size, mean=data.mean, std=data.std, device=torch_device)
+    logits, labels = predict(model, loader, torch_device)
+    preds = logits.argmax(1).numpy()
+    labels_np = labels.numpy()
+    classes = list(range(data.num_classes))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels_np, preds, labels=classes, zero_division=0
+    )
+    per_class = pd.DataFrame(
+        {
+            "class": data.classes,
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "support": support,
+        }
+    )
+    matrix = confusion_matrix(labels_np, preds, labels=classes)
+    accuracy = float((preds == labels_np).mean())
+    summary = {
+        "checkpoint": str(ckpt.path),
+        "dataset": dataset,
+        "test_samples": len(labels_np),
+        "test_acc": accuracy,
+        "test_loss": float(torch.nn.functional.cross_entropy(logits, labels)),
+        "macro_precision": float(np.mean(precision)),
+        "macro_recall": float(np.mean(recall)),
+        "macro_f1": float(np.mean(f1)),
+    }
+    per_class.to_csv(run_dir / "per_class.csv", index=False)
+    pd.DataFrame(matrix, index=data.classes, columns=data.classes).to_csv(run_dir / "confusion.csv")
+    plot_confusion_matrix(
+        matrix, data.classes, run_dir / "confusion.png", title=f"{ckpt.spec.name} on {dataset}"
+    )
+    write_json(run_dir / "evaluation.json", summary)
+    return {**summary, "per_class": per_class}

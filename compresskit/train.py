@@ -1,0 +1,281 @@
+"""The one training loop: optimizer, LR schedule, label smoothing, mixed precision, early stop,
+best-by-validation selection and per-epoch history. Fine-tuning and layer-wise training reuse it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compresskit.errors import CompresskitError
+from compresskit.progress import Progress
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("step", "cosine", "onecycle", "none")
+HISTORY_COLUMNS = (
+    "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds",
+)  # fmt: skip
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of one training run. Accuracies are fractions in [0, 1]."""
+
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+    step_size: int = 0  # epochs per decay for "step"; 0 means epochs // 3
+    gamma: float = 0.1  # decay factor for "step"
+    label_smoothing: float = 0.0
+    target_accuracy: float | None = None
+    patience: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    compile: bool = False
+
+    def validate(self) -> None:
+        """Raise `CompresskitError` naming the first flag whose value is not allowed."""
+        if self.epochs <= 0:
+            raise CompresskitError(f"--epochs {self.epochs} must be a positive integer.")
+        if self.batch_size <= 0:
+            raise CompresskitError(f"--batch-size {self.batch_size} must be a positive integer.")
+        if not self.lr > 0:
+            raise CompresskitError(f"--lr {self.lr} must be a positive number.")
+        if self.optimizer not in OPTIMIZERS:
+            raise CompresskitError(
+                f"--optimizer '{self.optimizer}' is not known; choose one of: {', '.join(OPTIMIZERS)}."
+            )
+        if self.schedule not in SCHEDULES:
+            raise CompresskitError(
+                f"--schedule '{self.schedule}' is not known; choose one of: {', '.join(SCHEDULES)}."
+            )
+        if not 0 <= self.momentum < 1:
+            raise CompresskitError(f"--momentum {self.momentum} is outside [0, 1).")
+        if self.weight_decay < 0:
+            raise CompresskitError(f"--weight-decay {self.weight_decay} must not be negative.")
+        if self.step_size < 0:
+            raise CompresskitError(f"--step-size {self.step_size} must not be negative.")
+        if not 0 < self.gamma <= 1:
+            raise CompresskitError(f"--gamma {self.gamma} is outside (0, 1].")
+        if not 0 <= self.label_smoothing < 1:
+            raise CompresskitError(f"--label-smoothing {self.label_smoothing} is outside [0, 1).")
+        if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
+            raise CompresskitError(
+                f"--target-accuracy {self.target_accuracy} must be a fraction in (0, 1], e.g. 0.9."
+            )
+        if self.patience is not None and self.patience <= 0:
+            raise CompresskitError(f"--patience {self.patience} must be a positive integer.")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise CompresskitError(f"--device '{self.device}' is not known; choose auto, cpu or cuda.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class FitResult:
+    """What `fit` returns: the per-epoch history and the best weights (on CPU)."""
+
+    history: list[dict]
+    best_state: dict[str, torch.Tensor]
+    best_epoch: int
+    best_val_acc: float | None
+    stop_reason: str  # "epochs", "target", "patience" or "interrupted"
+    seconds: float = 0.0
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CompresskitError(f"--device {name} was asked for but no CUDA device is available.")
+    return torch.device(name)
+
+
+def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (with Nesterov momentum unless momentum is 0) or AdamW. Weight decay is not applied to
+    biases and normalisation parameters (1-D tensors)."""
+    params = [p for p in params if p.requires_grad]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    nesterov = cfg.nesterov and cfg.momentum > 0
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov)
+
+
+def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Multiplier of the base learning rate at optimizer step `step` (0-based).
+
+    step: times `gamma` every `step_size` epochs. cosine: half-cosine from 1 to 0 over the run.
+    onecycle: linear warm-up from 0.1 to 1 over the first 25% of steps, then linear decay to 0.
+    """
+    total = cfg.epochs * steps_per_epoch
+    t = min(step / max(total, 1), 1.0)
+    if cfg.schedule == "none":
+        return 1.0
+    if cfg.schedule == "step":
+        size = cfg.step_size or max(cfg.epochs // 3, 1)
+        return cfg.gamma ** ((step // steps_per_epoch) // size)
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * t))
+    warm = 0.25
+    if t < warm:
+        return 0.1 + 0.9 * t / warm
+    return max(0.0, (1 - t) / (1 - warm))
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device | None = None) -> tuple[float, float]:
+    """Mean cross-entropy (nats) and accuracy (fraction) of `model` over `loader`."""
+    logits, labels = predict(model, loader, device)
+    loss = F.cross_entropy(logits, labels).item() if len(labels) else float("nan")
+    acc = (logits.argmax(1) == labels).float().mean().item() if len(labels) else float("nan")
+    return loss, acc
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, loader: Iterable, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 logits N×classes and labels N (both on CPU) for every batch of `loader`."""
+    was_training = model.training
+    model.eval()
+    device = device or next(model.parameters()).device
+    all_logits, all_labels = [], []
+    with _autocast(device):
+        for x, y in loader:
+            all_logits.append(model(x).float().cpu())
+            all_labels.append(y.cpu())
+    model.train(was_training)
+    if not all_logits:
+        return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
+    return torch.cat(all_logits), torch.cat(all_labels)
+
+
+def fit(
+    model: nn.Module,
+    train_loader,
+    val_loader,
+    cfg: TrainConfig,
+    *,
+    progress: Progress | None = None,
+    parameters: Iterable[nn.Parameter] | None = None,
+) -> FitResult:
+    """Train `model` (already on its device) for up to `cfg.epochs` epochs.
+
+    `val_loader` may be None: then nothing is validated and the last epoch counts as best.
+    `parameters` restricts what the optimizer updates (default: all that require grad).
+    Ctrl-C stops at once; the result keeps the epochs finished so far.
+    """
+    cfg.validate()
+    if val_loader is None and (cfg.target_accuracy is not None or cfg.patience is not None):
+        raise CompresskitError(
+            "--target-accuracy and --patience need a validation split (--val-fraction > 0)."
+        )
+    progress = progress or Progress(enabled=False)
+    device = next(model.parameters()).device
+    torch.manual_seed(cfg.seed)  # dropout masks
+    optimizer = make_optimizer(parameters if parameters is not None else model.parameters(), cfg)
+    steps_per_epoch = max(len(train_loader), 1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(cfg, step, steps_per_epoch)
+    )
+    step_fn = torch.compile(model) if cfg.compile else model
+    history: list[dict] = []
+    best_state = _cpu_copy(model)
+    best_epoch, best_acc, since_best = 0, -1.0, 0
+    stop_reason = "epochs"
+    start = time.perf_counter()
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            model.train()
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device)
+            seen = 0
+            with progress.task(f"epoch {epoch}/{cfg.epochs}", total=len(train_loader)) as advance:
+                for x, y in train_loader:
+                    with _autocast(device):
+                        out = step_fn(x)
+                        loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    schedule.step()
+                    loss_sum += loss.detach() * len(y)
+                    correct += (out.detach().argmax(1) == y).sum()
+                    seen += len(y)
+                    advance()
+            row = {
+                "epoch": epoch,
+                "lr": lr,
+                "train_loss": (loss_sum / max(seen, 1)).item(),
+                "train_acc": (correct / max(seen, 1)).item(),
+                "val_loss": float("nan"),
+                "val_acc": float("nan"),
+            }
+            if val_loader is not None:
+                row["val_loss"], row["val_acc"] = evaluate(model, val_loader, device)
+            row["seconds"] = time.perf_counter() - t0
+            history.append(row)
+            progress.log(format_epoch(row, cfg.epochs))
+            score = row["val_acc"] if val_loader is not None else float(epoch)
+            if score > best_acc:
+                best_acc, best_epoch, since_best = score, epoch, 0
+                best_state = _cpu_copy(model)
+            else:
+                since_best += 1
+            if cfg.target_accuracy is not None and row["val_acc"] >= cfg.target_accuracy:
+                stop_reason = "target"
+                break
+            if cfg.patience is not None and since_best >= cfg.patience:
+                stop_reason = "patience"
+                break
+    except KeyboardInterrupt:
+        stop_reason = "interrupted"
+        progress.log("interrupted: keeping the epochs finished so far")
+    return FitResult(
+        history=history,
+        best_state=best_state,
+        best_epoch=best_epoch,
+        best_val_acc=best_acc if val_loader is not None and best_acc >= 0 else None,
+        stop_reason=stop_reason,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _cpu_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def format_epoch(row: dict, epochs: int) -> str:
+    line = (
+        f"epoch {row['epoch']:>3}/{epochs}  lr {row['lr']:.4f}  "
+        f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}"
+    )
+    if not math.isnan(row["val_acc"]):
+        line += f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
+    return line + f"  {row['seconds']:.1f}s"
