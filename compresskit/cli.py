@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from compresskit.errors import CompresskitError
@@ -26,7 +27,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except CompresskitError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -35,7 +36,7 @@ def _print_table(title: str, rows: list[tuple[str, str]]) -> None:
     table.add_column(style="bold")
     table.add_column()
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(key, escape(value))
     console.print(table)
 
 
@@ -147,7 +148,7 @@ def evaluate(
     for column in ("class", "precision", "recall", "f1", "support"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for row in per_class.itertuples(index=False):
-        table.add_row(str(row[0]), f"{row[1]:.3f}", f"{row[2]:.3f}", f"{row[3]:.3f}", str(row[4]))
+        table.add_row(escape(str(row[0])), f"{row[1]:.3f}", f"{row[2]:.3f}", f"{row[3]:.3f}", str(row[4]))
     if len(per_class) <= 20:
         console.print(table)
     run_dir = Path(result["checkpoint"]).parent

@@ -17,6 +17,7 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,7 +251,7 @@ def read_idx(path: str | Path) -> np.ndarray:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as f:
             raw = f.read()
-    except OSError as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise CompresskitError(f"{path} could not be read as an IDX file ({exc}).") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise CompresskitError(f"{path} is not an IDX file: bad magic number.")
@@ -410,12 +411,17 @@ class Augmentation:
                     f"--augment '{part}' is not known; use a comma list of "
                     f"{', '.join(_AUGMENT_DEFAULTS)} (each optionally =VALUE), or 'none'."
                 )
+            if key == "flip" and value:
+                raise CompresskitError(f"--augment '{part}': flip takes no value.")
             try:
-                values[key] = float(value) if value else _AUGMENT_DEFAULTS[key]
+                number = float(value) if value else _AUGMENT_DEFAULTS[key]
             except ValueError:
                 raise CompresskitError(f"--augment '{part}': {value!r} is not a number.") from None
-            if values[key] < 0:
+            if key in ("crop", "cutout") and number != int(number):
+                raise CompresskitError(f"--augment '{part}': {key} takes a whole number of pixels.")
+            if number < 0:
                 raise CompresskitError(f"--augment '{part}': the value must not be negative.")
+            values[key] = number
         if values.get("jitter", 0) >= 1:
             raise CompresskitError("--augment jitter must be below 1.")
         return cls(

@@ -151,7 +151,7 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | None = N
     """Mean cross-entropy (nats) and accuracy (fraction) of `model` over `loader`."""
     logits, labels = predict(model, loader, device)
     loss = F.cross_entropy(logits, labels).item() if len(labels) else float("nan")
-    acc = (logits.argmax(1) == labels).float().mean().item() if len(labels) else float("nan")
+    acc = (logits.argmax(1) == labels).double().mean().item() if len(labels) else float("nan")
     return loss, acc
 
 

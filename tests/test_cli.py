@@ -1,0 +1,275 @@
+"""The command line end to end, and its handling of bad input: exit code 2, one line, no mess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from compresskit.checkpoint import load_checkpoint
+from compresskit.cli import app
+from tests.fakedata import CIFAR10_FOLDER, write_cifar10
+
+HISTORY_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> tuple[Path, object, object]:
+    """One small training run (3 epochs on the synthetic set), then its evaluation."""
+    run = tmp_path_factory.mktemp("cli") / "run"
+    train = invoke(
+        "train", "--dataset", "synthetic", "--model", "cnn_bn", "--width", "0.5",
+        "--epochs", "3", "--out", run, "--quiet",
+    )  # fmt: skip
+    assert train.exit_code == 0, train.output
+    evaluation = invoke("evaluate", "--checkpoint", run)
+    assert evaluation.exit_code == 0, evaluation.output
+    return run, train, evaluation
+
+
+def test_train_writes_a_complete_run_directory(trained_run):
+    run, train, _ = trained_run
+    for name in ("config.json", "history.csv", "checkpoint.pt", "last.pt", "curves.png",
+                 "summary.json"):  # fmt: skip
+        assert (run / name).is_file(), name
+        assert (run / name).stat().st_size > 0, name
+    assert not list(run.parent.glob(".*partial*"))
+    history = pd.read_csv(run / "history.csv")
+    assert list(history.columns) == HISTORY_COLUMNS
+    assert history["epoch"].tolist() == [1, 2, 3]
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["name"] == "cnn_bn"
+    assert config["model"]["width"] == 0.5
+    assert config["model"]["spec"]["layers"] == [16, "M", 32, "M", 64, "M"]
+    assert config["train"]["epochs"] == 3
+    assert config["data"]["dataset"] == "synthetic"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs_run"] == 3
+    assert summary["model"] == "cnn_bn"
+    assert summary["stop_reason"] == "epochs"
+    assert 1 <= summary["best_epoch"] <= 3
+    assert summary["best_val_acc"] == pytest.approx(history["val_acc"].max())
+    assert 0.0 <= summary["test_acc"] <= 1.0
+    best = load_checkpoint(run)
+    assert best.meta["epoch"] == summary["best_epoch"]
+    assert best.meta["test_acc"] == summary["test_acc"]
+    assert best.meta["dataset"] == "synthetic"
+    assert best.meta["classes"] == [f"class{i}" for i in range(4)]
+    assert best.spec.to_dict() == config["model"]["spec"]
+    last = load_checkpoint(run / "last.pt")
+    assert last.meta["epoch"] == 3
+    assert last.meta["test_acc"] == summary["last_test_acc"]
+    assert "cnn_bn" in train.stdout
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quiet_prints_no_progress(trained_run):
+    _, train, _ = trained_run
+    assert train.stderr == ""
+
+
+def test_evaluate_writes_reports_that_agree(trained_run):
+    run, _, evaluation = trained_run
+    for name in ("evaluation.json", "per_class.csv", "confusion.png", "confusion.csv"):
+        assert (run / name).is_file(), name
+    result = json.loads((run / "evaluation.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    assert result["test_acc"] == pytest.approx(summary["test_acc"], abs=1e-9)
+    assert result["dataset"] == "synthetic"
+
+    confusion = pd.read_csv(run / "confusion.csv", index_col=0)
+    classes = [f"class{i}" for i in range(4)]
+    assert list(confusion.index) == classes
+    assert list(confusion.columns) == classes
+    matrix = confusion.to_numpy()
+    assert matrix.sum() == result["test_samples"]
+    assert result["test_acc"] == pytest.approx(matrix.trace() / matrix.sum())
+
+    per_class = pd.read_csv(run / "per_class.csv")
+    assert per_class["class"].tolist() == classes
+    for i, row in per_class.iterrows():
+        support = matrix[i].sum()
+        assert row["support"] == support
+        assert row["recall"] == pytest.approx(matrix[i, i] / support)
+        predicted = matrix[:, i].sum()
+        assert row["precision"] == pytest.approx(matrix[i, i] / predicted if predicted else 0.0)
+    assert result["macro_recall"] == pytest.approx(per_class["recall"].mean())
+    assert "evaluation.json" in evaluation.stdout
+
+
+def test_evaluate_a_checkpoint_file(trained_run):
+    run, _, _ = trained_run
+    result = invoke("evaluate", "--checkpoint", run / "last.pt")
+    assert result.exit_code == 0, result.output
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _garbage_cifar(tmp_path: Path) -> Path:
+    write_cifar10(tmp_path / "cifar")
+    (tmp_path / "cifar" / CIFAR10_FOLDER / "data_batch_1").write_bytes(b"\x00garbage" * 50)
+    return tmp_path / "cifar"
+
+
+def _empty_dir(tmp_path: Path) -> Path:
+    (tmp_path / "empty").mkdir()
+    return tmp_path / "empty"
+
+
+BASE = ["train", "--dataset", "synthetic", "--model", "cnn", "--width", "0.25", "--epochs", "1"]
+
+# (extra arguments, text the error line must contain); "{tmp}" is the test's tmp_path,
+# "{garbage}" a CIFAR folder whose data_batch_1 is garbage, "{empty}" an empty folder.
+TRAIN_ERRORS = {
+    "unknown-model": (["--model", "vgg99"], "--model 'vgg99'"),
+    "unknown-dataset": (["--dataset", "imagenet"], "--dataset 'imagenet'"),
+    "missing-data": (
+        ["--dataset", "cifar10", "--data-dir", "{empty}", "--no-download"],
+        CIFAR10_FOLDER,
+    ),
+    "malformed-data": (
+        ["--dataset", "cifar10", "--data-dir", "{garbage}", "--no-download"],
+        "data_batch_1",
+    ),
+    "epochs": (["--epochs", "0"], "--epochs 0"),
+    "batch-size": (["--batch-size", "0"], "--batch-size 0"),
+    "val-fraction": (["--val-fraction", "1.5"], "--val-fraction 1.5"),
+    "augment": (["--augment", "rotate"], "--augment 'rotate'"),
+    "lr": (["--lr", "-1"], "--lr"),
+    "optimizer": (["--optimizer", "adam"], "--optimizer 'adam'"),
+    "target-accuracy": (["--target-accuracy", "90"], "--target-accuracy 90"),
+    "head": (["--head", "deep"], "--head 'deep'"),
+    "markup-in-input": (["--model", "[/bold]x"], "--model '[/bold]x'"),
+}
+
+
+def _check_one_line_error(result, fragment: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert fragment in lines[0]
+    assert result.stdout == ""
+
+
+def _no_run_left(parent: Path, name: str) -> None:
+    assert not (parent / name).exists()
+    assert not list(parent.glob(f".{name}.partial-*"))
+
+
+@pytest.mark.parametrize("case", list(TRAIN_ERRORS))
+def test_train_bad_input(tmp_path, case):
+    args, fragment = TRAIN_ERRORS[case]
+    places = {}
+    if "{garbage}" in args:
+        places["{garbage}"] = str(_garbage_cifar(tmp_path))
+    if "{empty}" in args:
+        places["{empty}"] = str(_empty_dir(tmp_path))
+    args = [places.get(a, a) for a in args]
+    before = sorted(os.listdir(tmp_path))
+    result = invoke(*BASE, *args, "--out", tmp_path / "run")
+    _check_one_line_error(result, fragment)
+    _no_run_left(tmp_path, "run")
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_train_refuses_non_empty_out(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = invoke(*BASE, "--out", out)
+    _check_one_line_error(result, "--out")
+    assert "--overwrite" in result.stderr
+    assert os.listdir(out) == ["keep.txt"]
+    assert (out / "keep.txt").read_text() == "mine"
+    assert not list(tmp_path.glob(".run.partial-*"))
+
+
+def test_train_refuses_out_that_is_a_file(tmp_path):
+    out = tmp_path / "run"
+    out.write_text("a file")
+    result = invoke(*BASE, "--out", out)
+    _check_one_line_error(result, "--out")
+    assert out.read_text() == "a file"
+
+
+def test_evaluate_missing_checkpoint(tmp_path):
+    result = invoke("evaluate", "--checkpoint", tmp_path / "nope.pt")
+    _check_one_line_error(result, "--checkpoint")
+    assert "nope.pt" in result.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_evaluate_empty_run_directory(tmp_path):
+    result = invoke("evaluate", "--checkpoint", tmp_path)
+    _check_one_line_error(result, "checkpoint.pt")
+    assert os.listdir(tmp_path) == []
+
+
+def test_evaluate_not_a_checkpoint(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"PK\x03\x04 definitely not a torch file" * 10)
+    result = invoke("evaluate", "--checkpoint", path)
+    _check_one_line_error(result, "model.pt")
+    assert "not a compresskit checkpoint" in result.stderr
+    assert os.listdir(tmp_path) == ["model.pt"]
+
+
+def test_subprocess_unknown_model(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "compresskit.cli", "train", "--model", "nope", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "--model 'nope' is not known" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert len(proc.stderr.strip().splitlines()) == 1
+    _no_run_left(tmp_path, "run")
+
+
+def test_failure_during_training_removes_the_staging_folder(tmp_path, monkeypatch):
+    import compresskit.runs
+    from compresskit.errors import CompresskitError
+
+    seen = []
+
+    def broken_fit(*args, **kwargs):
+        seen.extend(p.name for p in tmp_path.iterdir())
+        raise CompresskitError("--epochs training broke half-way")
+
+    monkeypatch.setattr(compresskit.runs, "fit", broken_fit)
+    result = invoke(*BASE, "--out", tmp_path / "run", "--quiet")
+    _check_one_line_error(result, "training broke half-way")
+    assert any(name.startswith(".run.partial-") for name in seen)  # it was staged ...
+    _no_run_left(tmp_path, "run")  # ... and cleaned away
+    assert os.listdir(tmp_path) == []
+
+
+def test_overwrite_replaces_an_existing_run(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    result = invoke(*BASE, "--out", out, "--overwrite", "--quiet", "--val-fraction", "0")
+    assert result.exit_code == 0, result.output
+    assert not (out / "old.txt").exists()
+    assert (out / "checkpoint.pt").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best_val_acc"] is None
+    assert summary["best_epoch"] == 1
+    assert os.listdir(tmp_path) == ["run"]

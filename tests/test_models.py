@@ -1,0 +1,259 @@
+"""Model shapes, hand-counted parameter numbers, spec round trips and seeding."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from compresskit.errors import CompresskitError
+from compresskit.models import (
+    MODEL_NAMES,
+    ConvNet,
+    ModelSpec,
+    build_model,
+    count_parameters,
+    make_spec,
+)
+
+
+def _params(model: torch.nn.Module) -> int:
+    # Counted here rather than with count_parameters, which is itself checked below.
+    return sum(p.numel() for p in model.parameters())
+
+
+def _conv(cin: int, cout: int, bn: bool) -> int:
+    """3×3 conv: weights cin*cout*9, plus a bias of cout without BN or BN's scale+shift 2*cout."""
+    return cin * cout * 9 + (2 * cout if bn else cout)
+
+
+def test_model_names_cover_every_family():
+    assert set(MODEL_NAMES) == {
+        "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn",
+        "vgg19", "vgg19_bn", "cnn", "cnn_bn",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("in_channels", [3, 1])
+def test_forward_shape(name, in_channels):
+    spec = make_spec(name, 7, in_channels=in_channels, width=0.25)
+    model = build_model(spec, seed=0).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, in_channels, 32, 32))
+    assert out.shape == (2, 7)
+    assert torch.isfinite(out).all()
+    assert model.spec.batch_norm == name.endswith("_bn")
+    has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert has_bn == name.endswith("_bn")
+
+
+def test_vgg11_parameter_count():
+    # 8 convs with bias: 3→64, 64→128, 128→256, 256→256, 256→512, 512→512 ×3; 5 pools: 512×1×1.
+    convs = (
+        (3 * 64 * 9 + 64)  # 1,792
+        + (64 * 128 * 9 + 128)  # 73,856
+        + (128 * 256 * 9 + 256)  # 295,168
+        + (256 * 256 * 9 + 256)  # 590,080
+        + (256 * 512 * 9 + 512)  # 1,180,160
+        + 3 * (512 * 512 * 9 + 512)  # 3 × 2,359,808
+    )
+    assert convs == 9_220_480  # torchvision's vgg11().features has the same count
+    head = 512 * 10 + 10
+    model = ConvNet(make_spec("vgg11", 10))
+    assert _params(model) == convs + head == 9_225_610
+    assert count_parameters(model) == 9_225_610
+
+
+def test_vgg11_bn_parameter_count():
+    # Same convs without their biases (64+128+256+256+512·4 = 2,752) plus BN scale+shift (2·2,752).
+    biases = 64 + 128 + 256 + 256 + 512 * 4
+    expected = 9_225_610 - biases + 2 * biases
+    assert expected == 9_228_362
+    assert _params(ConvNet(make_spec("vgg11_bn", 10))) == expected
+
+
+def test_vgg16_bn_half_width_parameter_count():
+    # Width 0.5: 32,32,M,64,64,M,128,128,128,M,256,256,256,M,256,256,256,M on 3 input channels.
+    pairs = [
+        (3, 32), (32, 32),
+        (32, 64), (64, 64),
+        (64, 128), (128, 128), (128, 128),
+        (128, 256), (256, 256), (256, 256),
+        (256, 256), (256, 256), (256, 256),
+    ]  # fmt: skip
+    convs = sum(_conv(a, b, bn=True) for a, b in pairs)
+    head = 256 * 100 + 100  # 5 pools: 256×1×1 features, 100 classes
+    spec = make_spec("vgg16_bn", 100, width=0.5)
+    assert spec.layers == [
+        32,
+        32,
+        "M",
+        64,
+        64,
+        "M",
+        128,
+        128,
+        128,
+        "M",
+        256,
+        256,
+        256,
+        "M",
+        256,
+        256,
+        256,
+        "M",
+    ]
+    assert _params(ConvNet(spec)) == convs + head
+
+
+def test_cnn_bn_mlp_head_parameter_count():
+    # cnn at width 0.5 on grey images: 1→16, M, 16→32, M, 32→64, M → 64×4×4 = 1024 features;
+    # mlp head 1024→256 (512·0.5)→10.
+    convs = (1 * 16 * 9 + 2 * 16) + (16 * 32 * 9 + 2 * 32) + (32 * 64 * 9 + 2 * 64)
+    assert convs == 176 + 4_672 + 18_560
+    head = (1024 * 256 + 256) + (256 * 10 + 10)
+    spec = make_spec("cnn_bn", 10, in_channels=1, width=0.5, head="mlp", dropout=0.2)
+    assert spec.head_width == 256
+    model = ConvNet(spec)
+    assert _params(model) == convs + head == 288_378
+    assert any(isinstance(m, torch.nn.Dropout) for m in model.head)
+
+
+def test_cnn_full_width_mlp_parameter_count():
+    # 3→32, 32→64, 64→128 with biases; 128×4×4 = 2048 → 512 → 10.
+    convs = (3 * 32 * 9 + 32) + (32 * 64 * 9 + 64) + (64 * 128 * 9 + 128)
+    head = (2048 * 512 + 512) + (512 * 10 + 10)
+    assert _params(ConvNet(make_spec("cnn", 10, head="mlp"))) == convs + head == 1_147_466
+
+
+def test_custom_spec_parameter_count():
+    # layers [5, M, 7, 3, M] on 2 channels, 4 classes, no BN: 2→5, 5→7, 7→3 (all with bias).
+    convs = (2 * 5 * 9 + 5) + (5 * 7 * 9 + 7) + (7 * 3 * 9 + 3)
+    assert convs == 95 + 322 + 192
+    pooled = ModelSpec("custom", [5, "M", 7, 3, "M"], in_channels=2, num_classes=4, global_pool=True)
+    assert _params(ConvNet(pooled)) == convs + (3 * 4 + 4)  # global pool: 3 features
+    flat = ModelSpec("custom", [5, "M", 7, 3, "M"], in_channels=2, num_classes=4)
+    assert _params(ConvNet(flat)) == convs + (3 * 8 * 8 * 4 + 4)  # two pools: 3×8×8 features
+    with torch.no_grad():
+        assert ConvNet(pooled)(torch.randn(2, 2, 32, 32)).shape == (2, 4)
+        assert ConvNet(flat)(torch.randn(2, 2, 32, 32)).shape == (2, 4)
+
+
+def test_width_rounding_keeps_at_least_one_channel():
+    spec = make_spec("cnn", 10, width=0.01)
+    assert spec.layers == [1, "M", 1, "M", 1, "M"]  # round(32·0.01)=0 → 1, etc.
+    assert spec.head_width == 5  # round(512·0.01) = round(5.12)
+    spec = make_spec("vgg11", 10, width=0.3)
+    # round(64·.3)=19, round(128·.3)=38, round(256·.3)=77, round(512·.3)=154
+    assert spec.layers == [19, "M", 38, "M", 77, 77, "M", 154, 154, "M", 154, 154, "M"]
+
+
+def _roundtrip(spec: ModelSpec) -> ModelSpec:
+    return ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        make_spec("vgg11_bn", 10, width=0.25),
+        make_spec("cnn", 5, in_channels=1, width=0.5, head="mlp", dropout=0.3, global_pool=True),
+        ModelSpec("pruned", [13, 5, "M", 9, "M", 3, "M"], batch_norm=True, num_classes=6),
+        ModelSpec("pruned", [7, "M", 2, 11, "M"], in_channels=1, head="mlp", head_width=17),
+    ],
+)
+def test_spec_json_roundtrip_rebuilds_same_model(spec):
+    again = _roundtrip(spec)
+    assert again == spec
+    original = build_model(spec, seed=1)
+    with torch.no_grad():  # give BN non-trivial running statistics
+        for m in original.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    rebuilt = build_model(again, seed=2)
+    rebuilt.load_state_dict(original.state_dict())
+    x = torch.randn(3, spec.in_channels, 32, 32)
+    original.eval()
+    rebuilt.eval()
+    with torch.no_grad():
+        assert torch.equal(original(x), rebuilt(x))
+    convs = [m for m in rebuilt.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [c for c in spec.layers if c != "M"]
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        ({"name": "x", "layers": [4, "M"], "colour": "red"}, "colour"),
+        ({"name": "x", "layers": [4, 0, "M"]}, "positive"),
+        ({"name": "x", "layers": [4, -3]}, "positive"),
+        ({"name": "x", "layers": [4, 2.5]}, "positive"),
+        ({"name": "x", "layers": [4, True]}, "positive"),
+        ({"name": "x", "layers": ["M", "M"]}, "at least one"),
+        ({"name": "x", "layers": [4], "head": "transformer"}, "--head"),
+        ({"name": "x", "layers": [4, "M", "M", "M", "M", "M", "M"]}, "max-pools"),
+        ({"name": "x", "layers": [4], "dropout": 1.0}, "--dropout"),
+    ],
+)
+def test_invalid_specs(data, fragment):
+    with pytest.raises(CompresskitError, match=fragment):
+        ModelSpec.from_dict(data)
+
+
+def test_five_pools_are_allowed_six_are_not():
+    ConvNet(ModelSpec("x", [2, "M", "M", "M", "M", "M"]))
+    spec = ModelSpec("x", [2, "M", "M", "M", "M", "M", "M"])
+    with pytest.raises(CompresskitError):
+        ConvNet(spec)
+
+
+def test_from_dict_rejects_non_mapping():
+    with pytest.raises(CompresskitError):
+        ModelSpec.from_dict(["name", "layers"])
+
+
+def test_build_model_seeded():
+    spec = make_spec("cnn_bn", 10, width=0.25, head="mlp")
+    a, b, c = build_model(spec, seed=3), build_model(spec, seed=3), build_model(spec, seed=4)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert any(not torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_build_model_seed_leaves_global_rng_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    build_model(make_spec("cnn", 10, width=0.25), seed=9)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_init_weights():
+    model = build_model(make_spec("cnn_bn", 10, width=0.5, head="mlp"), seed=0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            assert torch.all(m.weight == 1) and torch.all(m.bias == 0)
+        if isinstance(m, torch.nn.Linear):
+            assert torch.all(m.bias == 0)
+    last = model.head[-1]
+    assert last.weight.std() < 0.02  # N(0, 0.01) output layer
+
+
+@pytest.mark.parametrize("name", ["vgg12", "resnet18", "VGG11", ""])
+def test_make_spec_unknown_name(name):
+    with pytest.raises(CompresskitError, match="--model"):
+        make_spec(name)
+
+
+@pytest.mark.parametrize("width", [0, -0.5, float("nan")])
+def test_make_spec_bad_width(width):
+    with pytest.raises(CompresskitError, match="--width"):
+        make_spec("vgg11", width=width)
+
+
+def test_make_spec_bad_head():
+    with pytest.raises(CompresskitError, match="--head"):
+        make_spec("cnn", head="attention")

@@ -1,0 +1,257 @@
+"""Learning-rate schedules, flag validation and the training loop on the tiny synthetic set."""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+
+import pytest
+import torch
+
+from compresskit.data import Loader, load_dataset, stratified_split
+from compresskit.errors import CompresskitError
+from compresskit.models import build_model, make_spec
+from compresskit.train import TrainConfig, evaluate, fit, lr_factor
+
+# --------------------------------------------------------------------------- schedules
+
+
+@pytest.mark.parametrize(
+    ("step", "expected"),
+    [
+        # 9 epochs × 10 steps, step_size 0 → every 9 // 3 = 3 epochs (30 steps), gamma 0.1
+        (0, 1.0),
+        (29, 1.0),
+        (30, 0.1),
+        (59, 0.1),
+        (60, 0.01),
+        (89, 0.01),
+    ],
+)
+def test_step_schedule_default_size(step, expected):
+    cfg = TrainConfig(epochs=9, schedule="step", gamma=0.1)
+    assert lr_factor(cfg, step, 10) == pytest.approx(expected)
+
+
+def test_step_schedule_explicit_size():
+    cfg = TrainConfig(epochs=10, schedule="step", step_size=4, gamma=0.5)
+    # 5 steps per epoch: epochs 0-3 → 1, 4-7 → 0.5, 8-9 → 0.25
+    assert lr_factor(cfg, 19, 5) == pytest.approx(1.0)
+    assert lr_factor(cfg, 20, 5) == pytest.approx(0.5)
+    assert lr_factor(cfg, 39, 5) == pytest.approx(0.5)
+    assert lr_factor(cfg, 40, 5) == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize(
+    ("step", "expected"),
+    [
+        (0, 1.0),
+        (25, 0.5 * (1 + math.sqrt(0.5))),  # cos(π/4) = √½ → 0.853553…
+        (50, 0.5),  # cos(π/2) = 0
+        (75, 0.5 * (1 - math.sqrt(0.5))),  # 0.146446…
+        (100, 0.0),
+        (120, 0.0),  # past the end: stays at the end value
+    ],
+)
+def test_cosine_schedule(step, expected):
+    cfg = TrainConfig(epochs=10, schedule="cosine")
+    assert lr_factor(cfg, step, 10) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("step", "expected"),
+    [
+        # 100 steps: warm-up 0.1 → 1 over steps 0..25, then linear to 0 at step 100
+        (0, 0.1),
+        (10, 0.1 + 0.9 * 0.4),  # 0.46
+        (20, 0.1 + 0.9 * 0.8),  # 0.82
+        (25, 1.0),
+        (50, 0.5 / 0.75),  # 2/3
+        (85, 0.15 / 0.75),  # 0.2
+        (100, 0.0),
+        (130, 0.0),
+    ],
+)
+def test_onecycle_schedule(step, expected):
+    cfg = TrainConfig(epochs=4, schedule="onecycle")
+    assert lr_factor(cfg, step, 25) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("step", [0, 7, 99, 500])
+def test_no_schedule(step):
+    assert lr_factor(TrainConfig(epochs=5, schedule="none"), step, 20) == 1.0
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    ("change", "flag"),
+    [
+        ({"epochs": 0}, "--epochs"),
+        ({"batch_size": 0}, "--batch-size"),
+        ({"lr": -1.0}, "--lr"),
+        ({"lr": 0.0}, "--lr"),
+        ({"optimizer": "adam"}, "--optimizer"),
+        ({"schedule": "linear"}, "--schedule"),
+        ({"target_accuracy": 90.0}, "--target-accuracy"),
+        ({"target_accuracy": 0.0}, "--target-accuracy"),
+        ({"patience": 0}, "--patience"),
+        ({"momentum": 1.0}, "--momentum"),
+        ({"weight_decay": -0.1}, "--weight-decay"),
+        ({"gamma": 0.0}, "--gamma"),
+        ({"label_smoothing": 1.0}, "--label-smoothing"),
+        ({"device": "tpu"}, "--device"),
+    ],
+)
+def test_validate_rejects(change, flag):
+    cfg = TrainConfig(**change)
+    with pytest.raises(CompresskitError) as info:
+        cfg.validate()
+    assert str(info.value).startswith(flag)
+
+
+def test_validate_accepts_defaults_and_edges():
+    TrainConfig().validate()
+    TrainConfig(target_accuracy=1.0, patience=1, optimizer="adamw", schedule="none").validate()
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def test_evaluate_accuracy_and_loss():
+    # Logits handed straight through: 8123 of 10000 correct must read as exactly 0.8123, the
+    # number a float64 computation (e.g. `compresskit evaluate`) reports for the same predictions.
+    labels = torch.zeros(10000, dtype=torch.long)
+    logits = torch.zeros(10000, 2)
+    logits[:8123, 0] = 1.0
+    logits[8123:, 1] = 1.0
+    batches = list(zip(logits.split(1000), labels.split(1000), strict=True))
+    loss, acc = evaluate(torch.nn.Identity(), batches, torch.device("cpu"))
+    assert acc == 8123 / 10000
+    p_right = math.e / (math.e + 1)  # softmax of (1, 0)
+    expected_loss = -(8123 * math.log(p_right) + 1877 * math.log(1 - p_right)) / 10000
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
+
+
+# --------------------------------------------------------------------------- fit
+
+
+@cache
+def _synthetic():
+    return load_dataset("synthetic")
+
+
+def _loaders(val_fraction: float = 0.25, seed: int = 0, batch_size: int = 32):
+    data = _synthetic()
+    keep, held = stratified_split(data.train.labels, val_fraction, seed=seed)
+    stats = {"mean": data.mean, "std": data.std}
+    train = Loader(data.train.subset(keep), batch_size, shuffle=True, seed=seed, **stats)
+    val = Loader(data.train.subset(held), 256, **stats) if len(held) else None
+    test = Loader(data.test, 256, **stats)
+    return train, val, test
+
+
+def _model(name: str = "cnn_bn", seed: int = 0, **options):
+    return build_model(make_spec(name, 4, width=0.5, **options), seed=seed)
+
+
+def _cfg(**kwargs) -> TrainConfig:
+    base = {"epochs": 3, "batch_size": 32, "lr": 0.05, "schedule": "onecycle", "device": "cpu"}
+    return TrainConfig(**{**base, **kwargs})
+
+
+def test_fit_learns_synthetic():
+    train, val, test = _loaders()
+    model = _model()
+    _, before = evaluate(model, test)
+    result = fit(model, train, val, _cfg(epochs=4))
+    model.load_state_dict(result.best_state)
+    _, acc = evaluate(model, test)
+    assert acc >= 0.75  # chance is 0.25
+    assert acc > before
+    assert len(result.history) == 4
+    assert result.stop_reason == "epochs"
+    assert [row["epoch"] for row in result.history] == [1, 2, 3, 4]
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    best = max(result.history, key=lambda r: r["val_acc"])
+    assert result.best_val_acc == pytest.approx(best["val_acc"])
+    assert result.history[result.best_epoch - 1]["val_acc"] == result.best_val_acc
+    # history records the learning rate in force during each epoch (onecycle starts at 0.1×)
+    assert result.history[0]["lr"] == pytest.approx(0.05 * 0.1)
+
+
+def test_fit_is_reproducible():
+    histories = []
+    for _ in range(2):
+        train, val, _ = _loaders(seed=5)
+        # dropout too: its masks must come from the seed as well
+        model = _model(seed=5, head="mlp", dropout=0.3)
+        result = fit(model, train, val, _cfg(epochs=2, seed=5))
+        histories.append(result)
+    a, b = histories
+    assert [r["train_loss"] for r in a.history] == [r["train_loss"] for r in b.history]
+    assert [r["val_acc"] for r in a.history] == [r["val_acc"] for r in b.history]
+    assert all(torch.equal(a.best_state[k], b.best_state[k]) for k in a.best_state)
+    train, val, _ = _loaders(seed=6)
+    c = fit(_model(seed=6, head="mlp", dropout=0.3), train, val, _cfg(epochs=2, seed=6))
+    assert [r["train_loss"] for r in c.history] != [r["train_loss"] for r in a.history]
+
+
+def test_target_accuracy_stops_early():
+    train, val, _ = _loaders()
+    result = fit(_model(), train, val, _cfg(epochs=5, target_accuracy=1e-6))
+    assert result.stop_reason == "target"
+    assert len(result.history) == 1
+    assert result.best_epoch == 1
+
+
+def test_patience_stops_when_validation_does_not_improve():
+    # A tiny learning rate on a model without BN: validation accuracy never changes, so the
+    # first epoch stays best and patience 2 stops after epoch 3.
+    train, val, _ = _loaders()
+    cfg = _cfg(epochs=6, lr=1e-12, schedule="none", patience=2, weight_decay=0.0)
+    result = fit(_model("cnn"), train, val, cfg)
+    assert result.stop_reason == "patience"
+    assert len(result.history) == 3
+    assert result.best_epoch == 1
+
+
+def test_without_validation_last_epoch_is_best():
+    train, _, _ = _loaders(val_fraction=0.0)
+    model = _model()
+    result = fit(model, train, None, _cfg(epochs=2))
+    assert result.best_epoch == 2
+    assert result.best_val_acc is None
+    assert all(math.isnan(r["val_acc"]) for r in result.history)
+    final = model.state_dict()
+    assert all(torch.equal(result.best_state[k], final[k].cpu()) for k in final)
+
+
+def test_early_stopping_needs_validation():
+    train, _, _ = _loaders(val_fraction=0.0)
+    with pytest.raises(CompresskitError, match="--patience"):
+        fit(_model(), train, None, _cfg(patience=2))
+
+
+def test_best_state_is_a_copy_not_a_view():
+    train, val, _ = _loaders()
+    model = _model()
+    result = fit(model, train, val, _cfg(epochs=1))
+    snapshot = {k: v.clone() for k, v in result.best_state.items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    assert all(torch.equal(snapshot[k], result.best_state[k]) for k in snapshot)
+
+
+def test_parameters_restricts_updates():
+    train, val, _ = _loaders()
+    model = _model()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    fit(model, train, val, _cfg(epochs=1), parameters=model.head.parameters())
+    for name, p in model.named_parameters():
+        if name.startswith("head."):
+            assert not torch.equal(p, before[name]), name
+        else:
+            assert torch.equal(p, before[name]), name
