@@ -1,27 +1,30 @@
 #!/usr/bin/env bash
-# The foundation issue's real runs, on 2 CPU cores. Usage: bash experiments/real_runs.sh [cifar10|fashion-mnist]
-# CIFAR-10: the JPEG-derived complete copy, written by ../shared/data/cifar10/make_cifar10.py data
-# Fashion-MNIST: Debian's dataset-fashion-mnist package (/usr/share/datasets/fashion-mnist).
+# The foundation issue's real runs on CPU. Usage: bash experiments/real_runs.sh NAME
+#   cifar10-e30         vgg11_bn width 0.25, 30 epochs, crop=4 + flip (the first attempt)
+#   cifar10-e40         the same for 40 epochs
+#   cifar10-e40-crop2   40 epochs with a 2-pixel crop instead of 4
+#   fashion-mnist       the same model, 15 epochs on Fashion-MNIST
+# CIFAR-10 is the JPEG-derived complete copy that ../shared/data/cifar10/make_cifar10.py writes;
+# Fashion-MNIST comes from Debian's dataset-fashion-mnist package (/usr/share/datasets/fashion-mnist).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CK=${CK:-.venv/bin/compresskit}
-what=${1:-cifar10}
-case "$what" in
-  cifar10)
-    [ -d data/cifar-10-batches-py ] || python3 ../shared/data/cifar10/make_cifar10.py data
-    run=results/cifar10-vgg11_bn-w0.25
-    $CK train --model vgg11_bn --width 0.25 --dataset cifar10 --data-dir data --no-download \
-      --epochs 30 --batch-size 128 --lr 0.1 --schedule onecycle --label-smoothing 0.1 \
-      --weight-decay 5e-4 --augment crop,flip --seed 0 --out "$run" --overwrite
-    ;;
+name=${1:?usage: $0 cifar10-e30|cifar10-e40|cifar10-e40-crop2|fashion-mnist}
+common=(--model vgg11_bn --width 0.25 --batch-size 128 --lr 0.1 --schedule onecycle
+        --label-smoothing 0.1 --weight-decay 5e-4 --seed 0 --overwrite)
+cifar=(--dataset cifar10 --data-dir data --no-download)
+case "$name" in
+  cifar10-*) [ -d data/cifar-10-batches-py ] || python3 ../shared/data/cifar10/make_cifar10.py data ;;
+esac
+run=results/$name-vgg11_bn-w0.25
+case "$name" in
+  cifar10-e30)       $CK train "${common[@]}" "${cifar[@]}" --epochs 30 --augment crop,flip --out "$run" ;;
+  cifar10-e40)       $CK train "${common[@]}" "${cifar[@]}" --epochs 40 --augment crop,flip --out "$run" ;;
+  cifar10-e40-crop2) $CK train "${common[@]}" "${cifar[@]}" --epochs 40 --augment crop=2,flip --out "$run" ;;
   fashion-mnist)
-    run=results/fashion-mnist-vgg11_bn-w0.25
-    $CK train --model vgg11_bn --width 0.25 --dataset fashion-mnist \
-      --data-dir /usr/share/datasets/fashion-mnist \
-      --epochs 15 --batch-size 128 --lr 0.1 --schedule onecycle --label-smoothing 0.1 \
-      --weight-decay 5e-4 --augment crop,flip --seed 0 --out "$run" --overwrite
-    ;;
-  *) echo "usage: $0 [cifar10|fashion-mnist]" >&2; exit 2 ;;
+    $CK train "${common[@]}" --dataset fashion-mnist --data-dir /usr/share/datasets/fashion-mnist \
+      --epochs 15 --augment crop,flip --out "$run" ;;
+  *) echo "unknown run '$name'" >&2; exit 2 ;;
 esac
 $CK evaluate --checkpoint "$run"
-rm -f "$run/last.pt"  # the best checkpoint is kept for later analysis; last.pt would double the size
+rm -f "$run/last.pt"  # keep only the best checkpoint (later issues analyze and prune it)
