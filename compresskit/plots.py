@@ -13,6 +13,14 @@ import numpy as np
 import pandas as pd
 
 
+def save_figure(fig: plt.Figure, path: str | Path) -> Path:
+    """Lay out, write as PNG (120 dpi) and close `fig`."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
 def plot_training_curves(history: pd.DataFrame, path: str | Path, title: str = "") -> Path:
     """Loss and accuracy per epoch, train vs validation, side by side."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
@@ -26,10 +34,7 @@ def plot_training_curves(history: pd.DataFrame, path: str | Path, title: str = "
         ax.legend()
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def plot_confusion_matrix(
@@ -57,7 +62,4 @@ def plot_confusion_matrix(
                 ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7, color=color)
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)

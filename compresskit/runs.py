@@ -33,7 +33,7 @@ from compresskit.data import (
     stratified_split,
 )
 from compresskit.errors import CompresskitError
-from compresskit.models import MODEL_NAMES, build_model, count_parameters, make_spec
+from compresskit.models import ModelSpec, build_model, count_parameters, make_spec
 from compresskit.plots import plot_confusion_matrix, plot_training_curves
 from compresskit.progress import Progress
 from compresskit.train import HISTORY_COLUMNS, TrainConfig, evaluate, fit, predict, resolve_device
@@ -132,6 +132,18 @@ def _versions() -> dict:
     }
 
 
+def _model_spec(options: ModelOptions, *, num_classes: int, in_channels: int) -> ModelSpec:
+    return make_spec(
+        options.name,
+        num_classes,
+        in_channels=in_channels,
+        width=options.width,
+        head=options.head,
+        dropout=options.dropout,
+        global_pool=options.global_pool,
+    )
+
+
 def train_run(
     out: str | Path,
     model_options: ModelOptions,
@@ -146,10 +158,7 @@ def train_run(
     out = Path(out)
     # Validate every flag before touching data or disk.
     cfg.validate()
-    if model_options.name not in MODEL_NAMES:
-        raise CompresskitError(
-            f"--model '{model_options.name}' is not known; choose one of: {', '.join(MODEL_NAMES)}."
-        )
+    _model_spec(model_options, num_classes=2, in_channels=1)  # checks --model, --width, --head, --dropout
     if not 0.0 <= data_options.val_fraction < 1.0:
         raise CompresskitError(
             f"--val-fraction {data_options.val_fraction} is outside the allowed range [0, 1)."
@@ -164,15 +173,7 @@ def train_run(
     device = resolve_device(cfg.device)
     check_output_dir(out, overwrite=overwrite)
     data = load_dataset(data_options.dataset, data_options.data_dir, download=data_options.download)
-    spec = make_spec(
-        model_options.name,
-        data.num_classes,
-        in_channels=data.channels,
-        width=model_options.width,
-        head=model_options.head,
-        dropout=model_options.dropout,
-        global_pool=model_options.global_pool,
-    )
+    spec = _model_spec(model_options, num_classes=data.num_classes, in_channels=data.channels)
     train_loader, val_loader, test_loader = make_loaders(
         data,
         val_fraction=data_options.val_fraction,
