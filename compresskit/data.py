@@ -354,6 +354,12 @@ def _make_synthetic(
 # --------------------------------------------------------------------------- split
 
 
+def check_val_fraction(fraction: float) -> None:
+    """Refuse a validation fraction outside [0, 1)."""
+    if not 0.0 <= fraction < 1.0:
+        raise CompresskitError(f"--val-fraction {fraction} is outside the allowed range [0, 1).")
+
+
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Split indices so each class contributes `fraction` of its samples to the second part.
 
@@ -361,8 +367,7 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
     samples gives at least one sample to each part when ``0 < fraction < 1``. The same seed gives
     the same split.
     """
-    if not 0.0 <= fraction < 1.0:
-        raise CompresskitError(f"--val-fraction {fraction} is outside the allowed range [0, 1).")
+    check_val_fraction(fraction)
     g = torch.Generator().manual_seed(seed)
     keep, held = [], []
     for c in torch.unique(labels).tolist():

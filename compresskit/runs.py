@@ -28,6 +28,7 @@ from compresskit.data import (
     Augmentation,
     ImageDataset,
     Loader,
+    check_val_fraction,
     default_augmentation,
     load_dataset,
     stratified_split,
@@ -157,14 +158,9 @@ def train_run(
     progress = progress or Progress(enabled=False)
     out = Path(out)
     # Validate every flag before touching data or disk.
-    cfg.validate()
+    check_val_fraction(data_options.val_fraction)
+    cfg.validate(has_validation=data_options.val_fraction > 0)
     _model_spec(model_options, num_classes=2, in_channels=1)  # checks --model, --width, --head, --dropout
-    if not 0.0 <= data_options.val_fraction < 1.0:
-        raise CompresskitError(
-            f"--val-fraction {data_options.val_fraction} is outside the allowed range [0, 1)."
-        )
-    if data_options.val_fraction == 0 and (cfg.target_accuracy is not None or cfg.patience is not None):
-        raise CompresskitError("--target-accuracy and --patience need --val-fraction above 0.")
     augment = (
         Augmentation.parse(data_options.augment)
         if data_options.augment is not None

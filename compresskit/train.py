@@ -44,8 +44,11 @@ class TrainConfig:
     device: str = "auto"
     compile: bool = False
 
-    def validate(self) -> None:
-        """Raise `CompresskitError` naming the first flag whose value is not allowed."""
+    def validate(self, *, has_validation: bool = True) -> None:
+        """Raise `CompresskitError` naming the first flag whose value is not allowed.
+
+        `has_validation`: whether a validation split exists; early stopping needs one.
+        """
         if self.epochs <= 0:
             raise CompresskitError(f"--epochs {self.epochs} must be a positive integer.")
         if self.batch_size <= 0:
@@ -76,6 +79,10 @@ class TrainConfig:
             )
         if self.patience is not None and self.patience <= 0:
             raise CompresskitError(f"--patience {self.patience} must be a positive integer.")
+        if not has_validation and (self.target_accuracy is not None or self.patience is not None):
+            raise CompresskitError(
+                "--target-accuracy and --patience need a validation split (--val-fraction > 0)."
+            )
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise CompresskitError(f"--device '{self.device}' is not known; choose auto, cpu or cuda.")
 
@@ -189,11 +196,7 @@ def fit(
     `parameters` restricts what the optimizer updates (default: all that require grad).
     Ctrl-C stops at once; the result keeps the epochs finished so far.
     """
-    cfg.validate()
-    if val_loader is None and (cfg.target_accuracy is not None or cfg.patience is not None):
-        raise CompresskitError(
-            "--target-accuracy and --patience need a validation split (--val-fraction > 0)."
-        )
+    cfg.validate(has_validation=val_loader is not None)
     progress = progress or Progress(enabled=False)
     device = next(model.parameters()).device
     torch.manual_seed(cfg.seed)  # dropout masks
