@@ -5,6 +5,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -165,6 +166,64 @@ def evaluate(
             ),
         ],
     )
+
+
+@app.command()
+def analyze(
+    checkpoint: Path = typer.Option(..., help="Run directory (its checkpoint.pt) or a .pt file."),
+    samples: int = typer.Option(1000, help="Class-balanced images per split (train and test)."),
+    layers: str = typer.Option(
+        "blocks", help="blocks (conv blocks + linear), pools (max-pools + linear), all, or a regex."
+    ),
+    metrics: str = typer.Option("csi,si,probe", help="Comma list of csi, si, probe; or none."),
+    filters: bool = typer.Option(False, "--filters", help="Also draw the first-layer filters."),
+    data_dir: Path | None = typer.Option(None, help="Dataset folder (default: the one used in training)."),
+    download: bool = typer.Option(True, help="Download CIFAR (checksum-verified) when not on disk."),
+    batch_size: int = typer.Option(256, help="Batch size of the forward passes."),
+    device: str = typer.Option("auto", help="auto|cpu|cuda."),
+    seed: int = typer.Option(0, help="Seed of the class-balanced subsets."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+) -> None:
+    """Per-layer center separation index, separation index and linear-probe accuracy, train vs test."""
+    from compresskit.progress import Progress
+    from compresskit.runs import analyze_run
+
+    with user_errors():
+        result = analyze_run(
+            checkpoint,
+            samples=samples,
+            layers=layers,
+            metrics=metrics,
+            filters=filters,
+            data_dir=str(data_dir) if data_dir is not None else None,
+            download=download,
+            batch_size=batch_size,
+            device=device,
+            seed=seed,
+            progress=Progress(enabled=not quiet),
+        )
+    if "table" in result:
+        table = result["table"]
+        view = Table(
+            box=box.SIMPLE_HEAD,
+            title=f"layers of {escape(result['checkpoint'])} on {result['dataset']} "
+            f"({result['train_samples']} train / {result['test_samples']} test images)",
+            title_justify="left",
+        )
+        shown = [c for c in table.columns if c != "module" and not table[c].isna().all()]
+        for column in shown:
+            header = column.replace("_", "\n") if column not in ("layer", "output_shape") else column
+            view.add_column(
+                "shape" if column == "output_shape" else header,
+                justify="left" if column in ("layer", "output_shape") else "right",
+                no_wrap=True,
+            )
+        for row in table.itertuples(index=False):
+            values = row._asdict()
+            cells = [values[c] for c in shown]
+            view.add_row(*(f"{v:.3f}" if isinstance(v, float) else escape(str(v)) for v in cells))
+        console.print(view)
+    _print_table("analysis", [("written", ", ".join(result["files"]))])
 
 
 def main() -> None:

@@ -381,6 +381,28 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
     return torch.cat(keep).sort().values, torch.cat(held).sort().values
 
 
+def balanced_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
+    """Sorted indices of a class-balanced random subset of `size` samples.
+
+    Every class present gives ``size // k`` samples (k classes); the first ``size % k`` classes, in
+    a random order, give one more. A class with fewer samples gives all it has, so the subset is
+    smaller than `size` only then. The same seed gives the same subset.
+    """
+    classes = torch.unique(labels)
+    if size < len(classes):
+        raise CompresskitError(
+            f"--samples {size} is too small: it must be at least the number of classes ({len(classes)})."
+        )
+    g = torch.Generator().manual_seed(seed)
+    extra = set(classes[torch.randperm(len(classes), generator=g)[: size % len(classes)]].tolist())
+    chosen = []
+    for c in classes.tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        take = size // len(classes) + (c in extra)
+        chosen.append(idx[torch.randperm(len(idx), generator=g)[:take]])
+    return torch.cat(chosen).sort().values
+
+
 # --------------------------------------------------------------------------- augmentation + Loader
 
 _AUGMENT_DEFAULTS = {"crop": 4, "flip": 1, "cutout": 8, "jitter": 0.4}

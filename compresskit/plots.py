@@ -63,3 +63,56 @@ def plot_confusion_matrix(
     if title:
         ax.set_title(title)
     return save_figure(fig, path)
+
+
+def plot_separation(table: pd.DataFrame, path: str | Path, title: str = "") -> Path:
+    """CSI, SI and probe accuracy across layers, train vs test: one panel per metric present in
+    `table` (the columns ``<metric>_train`` / ``<metric>_test`` of the analysis layer table)."""
+    panels = [
+        (metric, label)
+        for metric, label in (
+            ("csi", "center separation index"),
+            ("si", "separation index"),
+            ("probe", "linear-probe accuracy"),
+        )
+        if table[f"{metric}_train"].notna().any()
+    ]
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.5 * max(1, len(panels)), 4), squeeze=False)
+    x = np.arange(len(table))
+    for ax, (metric, label) in zip(axes[0], panels, strict=False):
+        ax.plot(x, table[f"{metric}_train"], marker="o", label="train")
+        ax.plot(x, table[f"{metric}_test"], marker="s", label="test")
+        ax.set_xticks(x, labels=table["layer"], rotation=60, ha="right")
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def plot_filters(weight: np.ndarray, path: str | Path, title: str = "") -> Path:
+    """A grid of convolution filters, `weight` of shape out×in×kh×kw (a first layer: in is 1 or 3).
+
+    Each filter is min-max scaled to [0, 1] on its own; 3 input channels are drawn as RGB, any
+    other number as the grayscale mean over input channels.
+    """
+    weight = np.asarray(weight, dtype=np.float64)
+    out = weight.shape[0]
+    cols = int(np.ceil(np.sqrt(out)))
+    rows = int(np.ceil(out / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.8 + 0.5, rows * 0.8 + 0.6), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= out:
+            continue
+        f = weight[i]
+        f = (f - f.min()) / (f.max() - f.min()) if f.max() > f.min() else np.zeros_like(f)
+        if f.shape[0] == 3:
+            ax.imshow(f.transpose(1, 2, 0), interpolation="nearest")
+        else:
+            ax.imshow(f.mean(axis=0), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)

@@ -23,11 +23,12 @@ import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from compresskit import __version__
-from compresskit.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from compresskit.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, save_checkpoint
 from compresskit.data import (
     Augmentation,
     ImageDataset,
     Loader,
+    balanced_subset,
     check_val_fraction,
     default_augmentation,
     load_dataset,
@@ -251,6 +252,21 @@ def train_run(
     return summary
 
 
+def checkpoint_dataset(ckpt: Checkpoint, data_dir: str | None, *, download: bool) -> ImageDataset:
+    """Load the dataset `ckpt` was trained on (from `data_dir`, else the folder recorded at training
+    time) and check that it fits the model's classes and channels."""
+    dataset = ckpt.meta.get("dataset")
+    if not isinstance(dataset, str):
+        raise CompresskitError(f"--checkpoint {ckpt.path} does not record which dataset it was trained on.")
+    data = load_dataset(dataset, data_dir or ckpt.meta.get("data_dir"), download=download)
+    if data.num_classes != ckpt.spec.num_classes or data.channels != ckpt.spec.in_channels:
+        raise CompresskitError(
+            f"--checkpoint {ckpt.path} expects {ckpt.spec.num_classes} classes and "
+            f"{ckpt.spec.in_channels} channels, but {dataset} has {data.num_classes} and {data.channels}."
+        )
+    return data
+
+
 def evaluate_run(
     checkpoint: str | Path,
     *,
@@ -268,16 +284,9 @@ def evaluate_run(
         raise CompresskitError(f"--batch-size {batch_size} must be a positive integer.")
     ckpt = load_checkpoint(checkpoint)
     run_dir = ckpt.path.parent
-    dataset = ckpt.meta.get("dataset")
-    if not isinstance(dataset, str):
-        raise CompresskitError(f"--checkpoint {ckpt.path} does not record which dataset it was trained on.")
     torch_device = resolve_device(device)
-    data = load_dataset(dataset, data_dir or ckpt.meta.get("data_dir"), download=download)
-    if data.num_classes != ckpt.spec.num_classes or data.channels != ckpt.spec.in_channels:
-        raise CompresskitError(
-            f"--checkpoint {ckpt.path} expects {ckpt.spec.num_classes} classes and "
-            f"{ckpt.spec.in_channels} channels, but {dataset} has {data.num_classes} and {data.channels}."
-        )
+    data = checkpoint_dataset(ckpt, data_dir, download=download)
+    dataset = data.name
     model = ckpt.build(torch_device)
     loader = Loader(data.test, batch_size, mean=data.mean, std=data.std, device=torch_device)
     logits, labels = predict(model, loader, torch_device)
@@ -315,3 +324,99 @@ def evaluate_run(
     )
     write_json(run_dir / "evaluation.json", summary)
     return {**summary, "per_class": per_class}
+
+
+def analyze_run(
+    checkpoint: str | Path,
+    *,
+    samples: int = 1000,
+    layers: str = "blocks",
+    metrics: str = "csi,si,probe",
+    filters: bool = False,
+    data_dir: str | None = None,
+    download: bool = True,
+    batch_size: int = 256,
+    device: str = "auto",
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> dict:
+    """Per-layer CSI, SI and linear-probe accuracy of a checkpoint, on class-balanced subsets of
+    `samples` training images (from the part of train the model was fitted on) and `samples` test
+    images.
+
+    Writes ``analysis/layers.csv`` and ``analysis/separation.png`` (and ``analysis/filters.png``
+    with `filters`) into the run directory; the folder is replaced as a whole, never half-written.
+    Returns ``{"table": DataFrame, "files": [...], ...}``.
+    """
+    from compresskit.analysis import layer_table, parse_metrics, select_layers
+    from compresskit.plots import plot_filters, plot_separation
+
+    progress = progress or Progress(enabled=False)
+    if batch_size <= 0:
+        raise CompresskitError(f"--batch-size {batch_size} must be a positive integer.")
+    if samples <= 0:
+        raise CompresskitError(f"--samples {samples} must be a positive integer.")
+    metric_names = parse_metrics(metrics)
+    if not metric_names and not filters:
+        raise CompresskitError("--metrics none leaves nothing to do; ask for a metric or --filters.")
+    ckpt = load_checkpoint(checkpoint)
+    torch_device = resolve_device(device)
+    model = ckpt.build(torch_device)
+    try:
+        chosen = select_layers(model, layers)
+    except ValueError as exc:
+        raise CompresskitError(str(exc)) from None
+    data = checkpoint_dataset(ckpt, data_dir, download=download)
+    run_dir = ckpt.path.parent
+    result: dict = {"checkpoint": str(ckpt.path), "dataset": data.name, "files": []}
+    with staged_directory(run_dir / "analysis", overwrite=True) as stage:
+        if (run_dir / "analysis").is_dir():  # keep what this call does not redo
+            for old in (run_dir / "analysis").iterdir():
+                if old.is_file():
+                    shutil.copy2(old, stage / old.name)
+        if metric_names:
+            train_idx = _fitted_train_indices(run_dir, data)
+            train_pick = train_idx[balanced_subset(data.train.labels[train_idx], samples, seed)]
+            test_pick = balanced_subset(data.test.labels, samples, seed)
+            mean = tuple(ckpt.meta.get("mean", data.mean))
+            std = tuple(ckpt.meta.get("std", data.std))
+            loaders = [
+                Loader(split, batch_size, mean=mean, std=std, device=torch_device)
+                for split in (data.train.subset(train_pick), data.test.subset(test_pick))
+            ]
+            progress.log(
+                f"analyzing {len(chosen)} layers of {ckpt.spec.name} on {len(train_pick)} train and "
+                f"{len(test_pick)} test images of {data.name} ({', '.join(metric_names)})"
+            )
+            table = layer_table(model, *loaders, chosen, metric_names, progress=progress)
+            table.to_csv(stage / "layers.csv", index=False)
+            plot_separation(table, stage / "separation.png", title=f"{ckpt.spec.name} on {data.name}")
+            result.update(table=table, train_samples=len(train_pick), test_samples=len(test_pick))
+        if filters:
+            first_conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+            if first_conv is None:
+                raise CompresskitError(f"--filters: {ckpt.path} has no convolution layer.")
+            plot_filters(
+                first_conv.weight.detach().cpu().numpy(),
+                stage / "filters.png",
+                title=f"first-layer filters of {ckpt.spec.name}",
+            )
+        result["files"] = [str(run_dir / "analysis" / p.name) for p in sorted(stage.iterdir())]
+    return result
+
+
+def _fitted_train_indices(run_dir: Path, data: ImageDataset) -> torch.Tensor:
+    """Indices of the training images the run was fitted on: its validation split taken out again
+    (from the run's config.json), or the whole train split when there is no config to tell."""
+    config_path = run_dir / "config.json"
+    everything = torch.arange(len(data.train))
+    try:
+        config = json.loads(config_path.read_text())
+        fraction = float(config["data"]["val_fraction"])
+        seed = int(config["train"]["seed"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return everything
+    if fraction <= 0:
+        return everything
+    keep, _ = stratified_split(data.train.labels, fraction, seed)
+    return keep

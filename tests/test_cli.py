@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -273,3 +275,74 @@ def test_overwrite_replaces_an_existing_run(tmp_path):
     assert summary["best_val_acc"] is None
     assert summary["best_epoch"] == 1
     assert os.listdir(tmp_path) == ["run"]
+
+
+# ----------------------------------------------------------------------------- analyze
+
+
+@pytest.fixture(scope="module")
+def analyzed_run(trained_run):
+    run = trained_run[0]
+    result = invoke("analyze", "--checkpoint", run, "--samples", "40", "--filters", "--quiet")
+    assert result.exit_code == 0, result.output
+    return run, result
+
+
+def test_analyze_writes_the_layer_table_and_plots(analyzed_run):
+    run, result = analyzed_run
+    table = pd.read_csv(run / "analysis" / "layers.csv")
+    assert list(table.columns) == [
+        "layer", "module", "output_shape", "dims",
+        "csi_train", "csi_test", "si_train", "si_test", "probe_train", "probe_test",
+    ]  # fmt: skip
+    assert table["layer"].tolist() == ["block1", "block2", "block3", "fc1"]
+    assert table["dims"].tolist() == [16 * 32 * 32, 32 * 16 * 16, 64 * 8 * 8, 4]
+    metrics = table.drop(columns=["layer", "module", "output_shape", "dims"])
+    assert metrics.notna().all().all()
+    assert ((metrics >= 0) & (metrics <= 1)).all().all()
+    # 40 class-balanced samples of 4 classes: every fraction is a multiple of 1/40
+    assert np.allclose((metrics[["csi_train", "csi_test", "si_train", "si_test"]] * 40) % 1, 0)
+    for name in ("separation.png", "filters.png"):
+        assert (run / "analysis" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "block1" in result.stdout and "64×8×8" in result.stdout
+    assert "layers.csv" in result.stdout
+    assert not list(run.glob(".analysis.partial*"))
+
+
+def test_analyze_is_deterministic_and_keeps_other_files(analyzed_run, tmp_path):
+    run, _ = analyzed_run
+    first = (run / "analysis" / "layers.csv").read_text()
+    again = invoke("analyze", "--checkpoint", run, "--samples", "40", "--metrics", "csi", "--quiet")
+    assert again.exit_code == 0, again.output
+    table = pd.read_csv(run / "analysis" / "layers.csv")
+    before = pd.read_csv(io.StringIO(first))
+    assert table["csi_test"].tolist() == before["csi_test"].tolist()
+    assert table["si_test"].isna().all()
+    assert (run / "analysis" / "filters.png").is_file()  # from the earlier call, kept
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--layers", "features\\.("], "--layers"),
+        (["--layers", "no-such-layer"], "--layers"),
+        (["--metrics", "csi,accuracy"], "--metrics"),
+        (["--metrics", "none"], "--metrics none"),
+        (["--samples", "0"], "--samples"),
+        (["--samples", "3"], "--samples 3"),
+        (["--batch-size", "0"], "--batch-size"),
+    ],
+)
+def test_analyze_bad_input(trained_run, args, fragment):
+    run = trained_run[0]
+    before = sorted(p.name for p in (run / "analysis").iterdir()) if (run / "analysis").exists() else None
+    result = invoke("analyze", "--checkpoint", run, "--quiet", *args)
+    _check_one_line_error(result, fragment)
+    after = sorted(p.name for p in (run / "analysis").iterdir()) if (run / "analysis").exists() else None
+    assert before == after
+    assert not list(run.glob(".analysis.partial*"))
+
+
+def test_analyze_missing_checkpoint(tmp_path):
+    result = invoke("analyze", "--checkpoint", tmp_path / "nope")
+    _check_one_line_error(result, "--checkpoint")

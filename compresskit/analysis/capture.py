@@ -1,0 +1,157 @@
+"""Forward hooks that capture the outputs of chosen layers, all of them in one forward pass.
+
+`select_layers(model, "blocks")` picks the layers; `LayerCapture` hooks them, and after every
+``model(x)`` its ``outputs`` dict holds each chosen layer's output for that batch (detached copies,
+so later in-place operations such as ``ReLU(inplace=True)`` cannot change them).
+
+Layer selections:
+
+* ``blocks`` (default): the output of every conv block after its activation (a container whose
+  direct children include a ``Conv2d``, as `compresskit.models.conv_block` builds them; a bare
+  ``Conv2d`` outside such a container counts as its own block) and of every ``Linear`` layer;
+* ``pools``: every max-pool output and every ``Linear`` layer (the VGG11 layer-wise study's view);
+* ``all``: every leaf module;
+* anything else is a regular expression matched (``re.search``) against module paths such as
+  ``features.3`` or ``head.1``.
+
+Names: blocks are ``block1, block2, …``, pools ``pool1, …``, linear layers ``fc1, …``, numbered in
+model order whatever the selection; other modules keep their path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+LAYER_PRESETS = ("blocks", "pools", "all")
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A module chosen for capture: display `name`, its `path` in ``model.named_modules()``."""
+
+    name: str
+    path: str
+    module: nn.Module
+
+
+def _is_conv_block(module: nn.Module) -> bool:
+    return any(isinstance(child, nn.Conv2d) for child in module.children())
+
+
+def _kind(path: str, module: nn.Module, inside_block: bool) -> str | None:
+    if isinstance(module, nn.Linear):
+        return "fc"
+    if isinstance(module, nn.MaxPool2d):
+        return "pool"
+    if _is_conv_block(module) or (isinstance(module, nn.Conv2d) and not inside_block):
+        return "block"
+    return None
+
+
+def named_layers(model: nn.Module) -> list[tuple[str, str, nn.Module, str | None]]:
+    """Every module of `model` in order as ``(name, path, module, kind)``; kind is block, pool, fc
+    or None. The root module itself is left out."""
+    rows: list[tuple[str, str, nn.Module, str | None]] = []
+    counters = {"block": 0, "pool": 0, "fc": 0}
+    block_paths: list[str] = []
+    for path, module in model.named_modules():
+        if not path:
+            continue
+        inside = any(path.startswith(p + ".") for p in block_paths)
+        kind = _kind(path, module, inside)
+        if kind == "block":
+            block_paths.append(path)
+        if kind is not None:
+            counters[kind] += 1
+            rows.append((f"{kind}{counters[kind]}", path, module, kind))
+        else:
+            rows.append((path, path, module, None))
+    return rows
+
+
+def select_layers(model: nn.Module, selection: str = "blocks") -> list[Layer]:
+    """The layers of `model` that `selection` names (a preset or a regex over module paths).
+
+    Raises ValueError for an invalid regular expression or a selection that matches nothing.
+    """
+    rows = named_layers(model)
+    if selection == "blocks":
+        chosen = [r for r in rows if r[3] in ("block", "fc")]
+    elif selection == "pools":
+        chosen = [r for r in rows if r[3] in ("pool", "fc")]
+    elif selection == "all":
+        chosen = [r for r in rows if not any(True for _ in r[2].children())]
+    else:
+        try:
+            pattern = re.compile(selection)
+        except re.error as exc:
+            raise ValueError(
+                f"--layers '{selection}' is neither a preset ({', '.join(LAYER_PRESETS)}) "
+                f"nor a valid regular expression ({exc})."
+            ) from None
+        chosen = [r for r in rows if pattern.search(r[1])]
+    if not chosen:
+        paths = ", ".join(r[1] for r in rows[:12]) + (", …" if len(rows) > 12 else "")
+        raise ValueError(
+            f"--layers '{selection}' matches no layer of this model; use a preset "
+            f"({', '.join(LAYER_PRESETS)}) or a regex over module paths such as: {paths}."
+        )
+    return [Layer(name, path, module) for name, path, module, _ in chosen]
+
+
+class LayerCapture:
+    """Context manager: hooks on `layers`; after each forward, ``outputs[name]`` is that layer's
+    output for the batch (a detached copy, same shape as the module returned).
+
+    >>> with LayerCapture(select_layers(model)) as capture:
+    ...     model(x)
+    ...     capture.outputs["block1"].shape   # B×C×H×W
+    """
+
+    def __init__(self, layers: list[Layer]) -> None:
+        self.layers = layers
+        self.outputs: dict[str, torch.Tensor] = {}
+        self._handles: list[Any] = []
+
+    def _hook(self, name: str):
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            if not isinstance(output, torch.Tensor):
+                raise TypeError(f"layer {name} returned {type(output).__name__}, not a tensor")
+            self.outputs[name] = output.detach().clone()
+
+        return hook
+
+    def __enter__(self) -> LayerCapture:
+        for layer in self.layers:
+            self._handles.append(layer.module.register_forward_hook(self._hook(layer.name)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def forward(self, model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run ``model(x)`` once and return the captured outputs (a new dict each call)."""
+        self.outputs = {}
+        model(x)
+        return self.outputs
+
+
+def iterate_layer_outputs(
+    model: nn.Module,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    layers: list[Layer],
+) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    """For each ``(x, y)`` batch: one forward pass of `model` (in eval mode, no grad), yielding
+    ``({name: output}, y)``."""
+    model.eval()
+    with LayerCapture(layers) as capture, torch.inference_mode():
+        for x, y in batches:
+            yield capture.forward(model, x), y

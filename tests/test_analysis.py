@@ -1,0 +1,243 @@
+"""Layer capture (hooks, one pass), probes, balanced subsets and the per-layer table."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from compresskit.analysis import (
+    TABLE_COLUMNS,
+    LayerCapture,
+    center_separation_index,
+    iterate_layer_outputs,
+    layer_table,
+    linear_probe,
+    parse_metrics,
+    pool_features,
+    select_layers,
+    separation_index,
+)
+from compresskit.data import ImageSplit, Loader, balanced_subset, stratified_split
+from compresskit.errors import CompresskitError
+from compresskit.models import build_model, make_spec
+from compresskit.runs import _fitted_train_indices
+
+
+def vgg11(head: str = "linear") -> nn.Module:
+    return build_model(make_spec("vgg11_bn", 10, width=0.125, head=head), seed=0).eval()
+
+
+# ----------------------------------------------------------------------------- layer selection
+
+
+def test_blocks_are_every_conv_block_and_linear_layer():
+    layers = select_layers(vgg11(), "blocks")
+    assert [layer.name for layer in layers] == [f"block{i}" for i in range(1, 9)] + ["fc1"]
+    assert [layer.path for layer in layers][:3] == ["features.0", "features.2", "features.4"]
+    assert layers[-1].path == "head.1"
+    assert all(isinstance(layer.module, nn.Sequential) for layer in layers[:-1])
+
+
+def test_pools_are_every_max_pool_and_linear_layer():
+    layers = select_layers(vgg11(head="mlp"), "pools")
+    assert [layer.name for layer in layers] == ["pool1", "pool2", "pool3", "pool4", "pool5", "fc1", "fc2"]
+    assert all(isinstance(layer.module, nn.MaxPool2d) for layer in layers[:5])
+
+
+def test_all_is_every_leaf_module():
+    model = vgg11()
+    leaves = [path for path, m in model.named_modules() if path and not list(m.children())]
+    layers = select_layers(model, "all")
+    assert [layer.path for layer in layers] == leaves
+    # 8 blocks of conv+bn+relu, 5 pools, flatten, linear
+    assert len(layers) == 8 * 3 + 5 + 2
+
+
+def test_regex_selects_by_module_path_and_keeps_block_names():
+    layers = select_layers(vgg11(), r"^features\.(0|4)$")
+    assert [(layer.name, layer.path) for layer in layers] == [
+        ("block1", "features.0"),
+        ("block3", "features.4"),
+    ]
+
+
+@pytest.mark.parametrize("selection", ["features\\.(", "nothing-matches-this"])
+def test_bad_selection_is_a_clear_value_error(selection):
+    with pytest.raises(ValueError, match="--layers"):
+        select_layers(vgg11(), selection)
+
+
+# ----------------------------------------------------------------------------- capture
+
+
+def test_capture_gives_each_layer_output_in_one_forward_pass():
+    model = vgg11()
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    layers = select_layers(model, "blocks")
+    x = torch.randn(6, 3, 32, 32)
+    batches = [(x[:2], torch.zeros(2)), (x[2:4], torch.zeros(2)), (x[4:], torch.zeros(2))]
+    seen = list(iterate_layer_outputs(model, iter(batches), layers))
+    assert len(calls) == 3  # one forward per batch, not one per layer
+    assert len(seen) == 3
+    outputs = seen[0][0]
+    assert set(outputs) == {layer.name for layer in layers}
+    with torch.no_grad():
+        block1 = model.features[0](x[:2])
+        block2 = model.features[2](model.features[1](block1))
+        logits = model(x[:2])
+    torch.testing.assert_close(outputs["block1"], block1)
+    torch.testing.assert_close(outputs["block2"], block2)
+    torch.testing.assert_close(outputs["fc1"], logits)
+    assert outputs["block1"].shape == (2, 8, 32, 32)
+    assert outputs["block8"].shape == (2, 64, 2, 2)
+
+
+def test_capture_is_not_changed_by_later_in_place_relu():
+    model = vgg11()
+    bn = select_layers(model, r"^features\.0\.1$")  # the first BatchNorm; an in-place ReLU follows
+    x = torch.randn(4, 3, 32, 32)
+    with LayerCapture(bn) as capture, torch.no_grad():
+        outputs = capture.forward(model, x)
+        expected = model.features[0][1](model.features[0][0](x))
+    assert (outputs[bn[0].name] < 0).any()
+    torch.testing.assert_close(outputs[bn[0].name], expected)
+
+
+def test_hooks_are_removed_on_exit():
+    model = vgg11()
+    layers = select_layers(model, "all")
+    with LayerCapture(layers):
+        assert sum(len(layer.module._forward_hooks) for layer in layers) == len(layers)
+    assert sum(len(layer.module._forward_hooks) for layer in layers) == 0
+
+
+# ----------------------------------------------------------------------------- probes
+
+
+def test_pool_features_average_pools_large_maps_only():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    pooled = pool_features(x, size=4)
+    assert pooled.shape == (2, 3 * 16)
+    assert pooled[0, 0] == x[0, 0, :2, :2].mean()
+    assert pooled[1, -1] == x[1, 2, 6:, 6:].mean()
+    small = torch.randn(2, 5, 2, 2)
+    assert torch.equal(pool_features(small, size=4), small.reshape(2, 20))
+    assert torch.equal(pool_features(torch.ones(3, 7), size=4), torch.ones(3, 7))
+
+
+def test_linear_probe_separates_separable_classes_and_not_random_labels():
+    g = np.random.default_rng(0)
+    centres = g.normal(size=(3, 20)) * 4
+    y_train, y_test = g.integers(0, 3, 300), g.integers(0, 3, 300)
+    x_train = centres[y_train] + g.normal(size=(300, 20))
+    x_test = centres[y_test] + g.normal(size=(300, 20))
+    train_acc, test_acc = linear_probe(x_train, y_train, x_test, y_test)
+    assert train_acc == 1.0
+    assert test_acc > 0.97
+    _, shuffled_acc = linear_probe(x_train, g.permutation(y_train), x_test, y_test)
+    assert shuffled_acc < 0.5
+
+
+def test_linear_probe_refuses_mismatched_or_single_class_input():
+    x = np.zeros((4, 2))
+    with pytest.raises(ValueError, match="same number"):
+        linear_probe(x, np.zeros(3), x, np.zeros(4))
+    with pytest.raises(ValueError, match="two classes"):
+        linear_probe(x, np.zeros(4), x, np.zeros(4))
+
+
+# ----------------------------------------------------------------------------- subsets
+
+
+def test_balanced_subset_takes_the_same_count_from_every_class():
+    labels = torch.arange(5).repeat_interleave(40)
+    idx = balanced_subset(labels, 23, seed=3)
+    counts = torch.bincount(labels[idx], minlength=5).tolist()
+    assert sorted(counts) == [4, 4, 5, 5, 5]
+    assert len(set(idx.tolist())) == 23
+    assert torch.equal(idx, balanced_subset(labels, 23, seed=3))
+    assert not torch.equal(idx, balanced_subset(labels, 23, seed=4))
+
+
+def test_balanced_subset_gives_all_of_a_small_class():
+    labels = torch.tensor([0] * 50 + [1] * 3)
+    idx = balanced_subset(labels, 20, seed=0)
+    assert torch.bincount(labels[idx]).tolist() == [10, 3]
+
+
+def test_balanced_subset_needs_one_sample_per_class():
+    with pytest.raises(CompresskitError, match="--samples 2"):
+        balanced_subset(torch.arange(3), 2, seed=0)
+
+
+def test_fitted_train_indices_leave_out_the_validation_split(tmp_path):
+    labels = torch.arange(4).repeat_interleave(25)
+
+    class Data:
+        train = ImageSplit(torch.zeros(100, 1, 32, 32, dtype=torch.uint8), labels)
+
+    (tmp_path / "config.json").write_text(json.dumps({"data": {"val_fraction": 0.2}, "train": {"seed": 7}}))
+    keep, held = stratified_split(labels, 0.2, 7)
+    assert torch.equal(_fitted_train_indices(tmp_path, Data), keep)
+    assert not set(_fitted_train_indices(tmp_path, Data).tolist()) & set(held.tolist())
+    (tmp_path / "config.json").unlink()
+    assert torch.equal(_fitted_train_indices(tmp_path, Data), torch.arange(100))
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+def test_parse_metrics():
+    assert parse_metrics("csi, probe") == ("csi", "probe")
+    assert parse_metrics("none") == ()
+    for bad in ("csi,bogus", ""):
+        with pytest.raises(CompresskitError, match="--metrics"):
+            parse_metrics(bad)
+
+
+def _loader(n: int, seed: int) -> Loader:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(4).repeat_interleave(n // 4)
+    images = (torch.rand(4, 3, 1, 1, generator=g) * 200)[labels] + torch.rand(n, 3, 32, 32, generator=g) * 55
+    split = ImageSplit(images.to(torch.uint8), labels)
+    return Loader(split, 16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
+def test_layer_table_matches_metrics_on_captured_features():
+    model = build_model(make_spec("cnn_bn", 4, width=0.25), seed=0).eval()
+    train, test = _loader(48, 0), _loader(40, 1)
+    layers = select_layers(model, "blocks")
+    table = layer_table(model, train, test, layers)
+    assert list(table.columns) == list(TABLE_COLUMNS)
+    assert table["layer"].tolist() == ["block1", "block2", "block3", "fc1"]
+    assert table["output_shape"].tolist() == ["8×32×32", "16×16×16", "32×8×8", "4"]
+    assert table["dims"].tolist() == [8192, 4096, 2048, 4]
+    for split, loader in (("train", train), ("test", test)):
+        captured = list(iterate_layer_outputs(model, iter(loader), layers))
+        labels = torch.cat([y for _, y in captured])
+        for row in table.itertuples():
+            features = torch.cat([outputs[row.layer] for outputs, _ in captured])
+            assert math.prod(features.shape[1:]) == row.dims
+            assert getattr(row, f"csi_{split}") == center_separation_index(features, labels)
+            assert getattr(row, f"si_{split}") == separation_index(features, labels)
+    assert table[["probe_train", "probe_test"]].stack().between(0, 1).all()
+
+
+def test_layer_table_leaves_unasked_metrics_empty_and_skips_the_second_pass():
+    model = build_model(make_spec("cnn", 4, width=0.25), seed=0).eval()
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    train, test = _loader(32, 0), _loader(32, 1)
+    table = layer_table(model, train, test, select_layers(model, "pools"), ("si",))
+    assert len(calls) == len(train) + len(test)  # SI alone: one pass per split
+    assert table["si_train"].notna().all()
+    assert table[["csi_train", "csi_test", "probe_train", "probe_test"]].isna().all().all()
+    calls.clear()
+    layer_table(model, train, test, select_layers(model, "pools"), ("csi",))
+    assert len(calls) == 2 * (len(train) + len(test))  # CSI: class sums, then nearest centre
