@@ -132,6 +132,9 @@ def evaluate(
     download: bool = typer.Option(True, help="Download CIFAR (checksum-verified) when not on disk."),
     batch_size: int = typer.Option(256, help="Evaluation batch size."),
     device: str = typer.Option("auto", help="auto|cpu|cuda."),
+    tta: str = typer.Option(
+        "none", help="Test-time augmentation: none, flip (mirror), flip-translate (mirror + 1-pixel moves)."
+    ),
 ) -> None:
     """Test accuracy, per-class precision/recall/F1 and a confusion matrix, into the run directory."""
     from compresskit.runs import evaluate_run
@@ -143,6 +146,7 @@ def evaluate(
             download=download,
             batch_size=batch_size,
             device=device,
+            tta=tta,
         )
     per_class = result["per_class"]
     table = Table(title=f"per-class results on {result['dataset']} test", title_justify="left")
@@ -153,11 +157,14 @@ def evaluate(
     if len(per_class) <= 20:
         console.print(table)
     run_dir = Path(result["checkpoint"]).parent
+    tta_note = ""
+    if result["tta"] != "none":
+        tta_note = f" (with --tta {result['tta']}; {_pct(result['test_acc_no_tta'])} without)"
     _print_table(
         "evaluation",
         [
             ("checkpoint", result["checkpoint"]),
-            ("test accuracy", _pct(result["test_acc"])),
+            ("test accuracy", _pct(result["test_acc"]) + tta_note),
             ("macro recall", _pct(result["macro_recall"])),
             ("macro F1", _pct(result["macro_f1"])),
             (

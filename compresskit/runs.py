@@ -38,7 +38,15 @@ from compresskit.errors import CompresskitError
 from compresskit.models import ModelSpec, build_model, count_parameters, make_spec
 from compresskit.plots import plot_confusion_matrix, plot_training_curves
 from compresskit.progress import Progress
-from compresskit.train import HISTORY_COLUMNS, TrainConfig, evaluate, fit, predict, resolve_device
+from compresskit.train import (
+    HISTORY_COLUMNS,
+    TrainConfig,
+    check_tta,
+    evaluate,
+    fit,
+    predict,
+    resolve_device,
+)
 
 
 @dataclass
@@ -274,14 +282,19 @@ def evaluate_run(
     download: bool = True,
     batch_size: int = 256,
     device: str = "auto",
+    tta: str = "none",
 ) -> dict:
     """Test accuracy, per-class precision/recall/F1 and a confusion matrix of a checkpoint.
+
+    `tta` (none, flip, flip-translate) averages test-time views (`train.tta_logits`); every reported
+    number then uses those predictions, and ``test_acc_no_tta`` keeps the plain accuracy.
 
     Writes ``evaluation.json``, ``per_class.csv``, ``confusion.csv`` and ``confusion.png`` into the
     checkpoint's directory (the run directory) and returns the summary dict.
     """
     if batch_size <= 0:
         raise CompresskitError(f"--batch-size {batch_size} must be a positive integer.")
+    check_tta(tta)
     ckpt = load_checkpoint(checkpoint)
     run_dir = ckpt.path.parent
     torch_device = resolve_device(device)
@@ -289,7 +302,8 @@ def evaluate_run(
     dataset = data.name
     model = ckpt.build(torch_device)
     loader = Loader(data.test, batch_size, mean=data.mean, std=data.std, device=torch_device)
-    logits, labels = predict(model, loader, torch_device)
+    logits, labels = predict(model, loader, torch_device, tta=tta)
+    plain_logits = predict(model, loader, torch_device)[0] if tta != "none" else logits
     preds = logits.argmax(1).numpy()
     labels_np = labels.numpy()
     classes = list(range(data.num_classes))
@@ -312,6 +326,8 @@ def evaluate_run(
         "dataset": dataset,
         "test_samples": len(labels_np),
         "test_acc": accuracy,
+        "tta": tta,
+        "test_acc_no_tta": float((plain_logits.argmax(1) == labels).double().mean()),
         "test_loss": float(torch.nn.functional.cross_entropy(logits, labels)),
         "macro_precision": float(np.mean(precision)),
         "macro_recall": float(np.mean(recall)),

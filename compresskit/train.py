@@ -162,18 +162,50 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | None = N
     return loss, acc
 
 
+TTA_MODES = ("none", "flip", "flip-translate")
+
+
+def check_tta(mode: str) -> None:
+    if mode not in TTA_MODES:
+        raise CompresskitError(f"--tta '{mode}' is not known; choose one of: {', '.join(TTA_MODES)}.")
+
+
+def tta_logits(model: nn.Module, x: torch.Tensor, mode: str = "none") -> torch.Tensor:
+    """Logits B×classes of `model` on images x B×C×H×W, averaged over test-time views.
+
+    ``none``: x alone. ``flip``: the mean over x and its left-right mirror. ``flip-translate``:
+    1/2 × flip(x) + 1/4 × flip(x moved one pixel up-left) + 1/4 × flip(x moved one pixel
+    down-right), the moves filling the uncovered edge by reflection.
+    """
+    check_tta(mode)
+    if mode == "none":
+        return model(x)
+
+    def mirrored(v: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (model(v) + model(v.flip(3)))
+
+    if mode == "flip":
+        return mirrored(x)
+    h, w = x.shape[2:]
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    up_left, down_right = padded[:, :, 2:, 2:], padded[:, :, :h, :w]
+    return 0.5 * mirrored(x) + 0.25 * mirrored(up_left) + 0.25 * mirrored(down_right)
+
+
 @torch.no_grad()
 def predict(
-    model: nn.Module, loader: Iterable, device: torch.device | None = None
+    model: nn.Module, loader: Iterable, device: torch.device | None = None, *, tta: str = "none"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float32 logits N×classes and labels N (both on CPU) for every batch of `loader`."""
+    """Float32 logits N×classes and labels N (both on CPU) for every batch of `loader`; `tta` picks
+    the test-time views averaged (see `tta_logits`)."""
+    check_tta(tta)
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
     all_logits, all_labels = [], []
     with _autocast(device):
         for x, y in loader:
-            all_logits.append(model(x).float().cpu())
+            all_logits.append(tta_logits(model, x, tta).float().cpu())
             all_labels.append(y.cpu())
     model.train(was_training)
     if not all_logits:

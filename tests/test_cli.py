@@ -346,3 +346,18 @@ def test_analyze_bad_input(trained_run, args, fragment):
 def test_analyze_missing_checkpoint(tmp_path):
     result = invoke("analyze", "--checkpoint", tmp_path / "nope")
     _check_one_line_error(result, "--checkpoint")
+
+
+def test_evaluate_with_tta_records_both_accuracies(trained_run):
+    run = trained_run[0]
+    plain = json.loads((run / "evaluation.json").read_text())
+    result = invoke("evaluate", "--checkpoint", run, "--tta", "flip-translate")
+    assert result.exit_code == 0, result.output
+    tta = json.loads((run / "evaluation.json").read_text())
+    assert tta["tta"] == "flip-translate"
+    assert tta["test_acc_no_tta"] == plain["test_acc"]
+    assert 0 <= tta["test_acc"] <= 1
+    assert "without" in result.stdout
+    bad = invoke("evaluate", "--checkpoint", run, "--tta", "rotate")
+    _check_one_line_error(bad, "--tta 'rotate'")
+    assert invoke("evaluate", "--checkpoint", run).exit_code == 0  # leave the plain evaluation behind

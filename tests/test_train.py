@@ -7,6 +7,7 @@ from functools import cache
 
 import pytest
 import torch
+from torch import nn
 
 from compresskit.data import Loader, load_dataset, stratified_split
 from compresskit.errors import CompresskitError
@@ -255,3 +256,35 @@ def test_parameters_restricts_updates():
             assert not torch.equal(p, before[name]), name
         else:
             assert torch.equal(p, before[name]), name
+
+
+def test_tta_logits_average_the_views_they_name():
+    from compresskit.train import tta_logits
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 8 * 8, 5)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        plain = model(x)
+        mirror = model(x.flip(3))
+        assert torch.equal(tta_logits(model, x, "none"), plain)
+        torch.testing.assert_close(tta_logits(model, x, "flip"), (plain + mirror) / 2)
+        assert not torch.allclose(tta_logits(model, x, "flip"), plain)
+        # one-pixel moves by hand: up-left takes rows/cols 1.. and reflects the last; down-right the reverse
+        up_left = torch.cat([x[:, :, 1:], x[:, :, -2:-1]], 2)
+        up_left = torch.cat([up_left[:, :, :, 1:], up_left[:, :, :, -2:-1]], 3)
+        down_right = torch.cat([x[:, :, 1:2], x[:, :, :-1]], 2)
+        down_right = torch.cat([down_right[:, :, :, 1:2], down_right[:, :, :, :-1]], 3)
+
+        def both(v):
+            return (model(v) + model(v.flip(3))) / 2
+
+        expected = 0.5 * both(x) + 0.25 * both(up_left) + 0.25 * both(down_right)
+        torch.testing.assert_close(tta_logits(model, x, "flip-translate"), expected)
+
+
+def test_unknown_tta_is_refused():
+    from compresskit.train import tta_logits
+
+    with pytest.raises(CompresskitError, match="--tta 'rotate'"):
+        tta_logits(nn.Identity(), torch.zeros(1, 1, 4, 4), "rotate")
