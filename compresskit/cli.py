@@ -233,6 +233,142 @@ def analyze(
     _print_table("analysis", [("written", ", ".join(result["files"]))])
 
 
+def _print_report(table, title: str) -> None:
+    view = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False)
+    for label in ("model", "params", "MACs", "ms b=1", "ms b=128", "test acc", "MACs ×", "speed ×"):
+        view.add_column(label, justify="left" if label == "model" else "right", no_wrap=True)
+    for row in table.to_dict("records"):
+        view.add_row(
+            escape(str(row["model"])), f"{row['params'] / 1e3:,.0f}k", f"{row['macs'] / 1e6:.1f}M",
+            f"{row['latency_b1_ms']:.2f}", f"{row['latency_b128_ms']:.1f}", _pct(row["test_acc"]),
+            f"{row['macs_reduction']:.2f}", f"{row['latency_reduction_b1']:.2f}",
+        )  # fmt: skip
+    console.print(view)
+
+
+@app.command()
+def prune(
+    checkpoint: Path = typer.Option(..., help="Trained run directory (its checkpoint.pt) or a .pt file."),
+    out: Path = typer.Option(..., "--out", help="Run directory to create for the pruned model."),
+    ratio: float = typer.Option(0.5, help="Fraction of each conv layer's channels to remove, in (0, 1)."),
+    importance: str = typer.Option("l1", help="l1|l2|bn-scale|taylor|random|separation."),
+    scope: str = typer.Option("uniform", help="uniform (one ratio per layer) or global (rank all channels)."),
+    allocate: str = typer.Option("uniform", help="uniform, or csi: per-layer ratios from CSI gains."),
+    steps: int = typer.Option(1, help="Prune in this many steps, fine-tuning between them."),
+    round_to: int | None = typer.Option(None, help="Keep channel counts a multiple of this."),
+    max_layer_ratio: float = typer.Option(1.0, help="No layer loses more than this fraction."),
+    calibration_samples: int = typer.Option(
+        1000, help="Class-balanced training images for taylor, separation and --allocate csi."
+    ),
+    finetune_epochs: int = typer.Option(10, help="Fine-tuning epochs in all (split over --steps)."),
+    batch_size: int = typer.Option(128, help="Fine-tuning batch size."),
+    lr: float = typer.Option(0.01, help="Peak fine-tuning learning rate."),
+    optimizer: str = typer.Option("sgd", help="sgd (Nesterov momentum) or adamw."),
+    momentum: float = typer.Option(0.9, help="SGD momentum."),
+    weight_decay: float = typer.Option(5e-4, help="Weight decay on weights (not biases or BN)."),
+    schedule: str = typer.Option("cosine", help="step|cosine|onecycle|none, stepped every batch."),
+    label_smoothing: float = typer.Option(0.0, help="Label smoothing of the fine-tuning loss."),
+    seed: int = typer.Option(0, help="Seed of the batches, the calibration subset, random importance."),
+    device: str = typer.Option("auto", help="auto|cpu|cuda."),
+    data_dir: Path | None = typer.Option(None, help="Dataset folder (default: the one used in training)."),
+    download: bool = typer.Option(True, help="Download CIFAR (checksum-verified) when not on disk."),
+    bench_seconds: float = typer.Option(1.0, help="Seconds of timing per latency measurement."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+) -> None:
+    """Remove whole channels (torch-pruning), fine-tune, and report the savings."""
+    from compresskit.compress import PruneConfig
+    from compresskit.compress.jobs import prune_run
+    from compresskit.progress import Progress
+    from compresskit.train import TrainConfig
+
+    with user_errors():
+        cfg = PruneConfig(
+            ratio=ratio, importance=importance, scope=scope, allocate=allocate, steps=steps,
+            round_to=round_to, max_layer_ratio=max_layer_ratio, seed=seed,
+        )  # fmt: skip
+        finetune = TrainConfig(
+            epochs=finetune_epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
+            weight_decay=weight_decay, schedule=schedule, label_smoothing=label_smoothing, seed=seed,
+            device=device,
+        )  # fmt: skip
+        result = prune_run(
+            checkpoint, out, cfg, finetune, calibration_samples=calibration_samples,
+            data_dir=str(data_dir) if data_dir is not None else None, download=download,
+            bench_seconds=bench_seconds, overwrite=overwrite, progress=Progress(enabled=not quiet),
+        )  # fmt: skip
+    _print_report(result["table"], f"pruned {escape(str(checkpoint))} → {escape(str(out))}")
+    _print_table(
+        "pruning",
+        [
+            ("conv widths", str(result["conv_widths"])),
+            ("written", f"{out}/ (checkpoint.pt, pruned.pt, report.md, report.csv, widths.csv, curves.png)"),
+        ],
+    )
+
+
+@app.command()
+def report(
+    runs: list[Path] = typer.Argument(..., help="Run directories or .pt files; the first is the baseline."),
+    out: Path = typer.Option(Path("report"), "--out", help="Folder for report.csv, report.md, pareto.png."),
+    device: str = typer.Option("cpu", help="Where latency is measured: cpu|cuda|auto."),
+    bench_seconds: float = typer.Option(1.0, help="Seconds of timing per latency measurement."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+) -> None:
+    """Compare runs: parameters, MACs, size, latency, accuracy, and a Pareto plot."""
+    from compresskit.compress.jobs import report_run
+    from compresskit.progress import Progress
+
+    with user_errors():
+        result = report_run(
+            [str(r) for r in runs], out, device=device, bench_seconds=bench_seconds,
+            progress=Progress(enabled=not quiet),
+        )  # fmt: skip
+    _print_report(result["table"], "model comparison (reductions relative to the first run)")
+    _print_table("report", [("written", ", ".join(result["files"]))])
+
+
+@app.command()
+def sensitivity(
+    checkpoint: Path = typer.Option(..., help="Run directory (its checkpoint.pt) or a .pt file."),
+    ratios: str = typer.Option("0.25,0.5,0.75", help="Comma list of fractions of channels to remove."),
+    importance: str = typer.Option("l1", help="l1|l2|bn-scale|random (no data-driven ones here)."),
+    samples: int | None = typer.Option(None, help="Evaluate on this many class-balanced test images."),
+    data_dir: Path | None = typer.Option(None, help="Dataset folder (default: the one used in training)."),
+    download: bool = typer.Option(True, help="Download CIFAR (checksum-verified) when not on disk."),
+    batch_size: int = typer.Option(256, help="Evaluation batch size."),
+    device: str = typer.Option("auto", help="auto|cpu|cuda."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+) -> None:
+    """Prune each conv layer alone at each ratio (no fine-tuning) and chart the accuracy lost."""
+    from compresskit.compress.jobs import sensitivity_run
+    from compresskit.progress import Progress
+
+    with user_errors():
+        try:
+            values = [float(r) for r in ratios.split(",") if r.strip()]
+        except ValueError:
+            message = f"--ratios '{ratios}' must be a comma list of numbers, e.g. 0.25,0.5."
+            raise CompresskitError(message) from None
+        result = sensitivity_run(
+            checkpoint, values, importance=importance, samples=samples,
+            data_dir=str(data_dir) if data_dir is not None else None, download=download,
+            batch_size=batch_size, device=device, progress=Progress(enabled=not quiet),
+        )  # fmt: skip
+    table = result["table"]
+    layer_order = list(dict.fromkeys(table["layer"]))
+    wide = table.pivot(index="layer", columns="ratio", values="test_acc").loc[layer_order]
+    view = Table(box=box.SIMPLE_HEAD, title=f"test accuracy with one layer pruned (unpruned "
+                 f"{_pct(result['base_acc'])})", title_justify="left")  # fmt: skip
+    view.add_column("layer")
+    for ratio in wide.columns:
+        view.add_column(f"−{ratio:g}", justify="right")
+    for layer, row in wide.iterrows():
+        view.add_row(str(layer), *(_pct(v) for v in row))
+    console.print(view)
+    _print_table("sensitivity", [("written", ", ".join(result["files"]))])
+
+
 def main() -> None:
     app()
 

@@ -116,3 +116,55 @@ def plot_filters(weight: np.ndarray, path: str | Path, title: str = "") -> Path:
     if title:
         fig.suptitle(title)
     return save_figure(fig, path)
+
+
+def pareto_front(cost: Sequence[float], accuracy: Sequence[float]) -> list[int]:
+    """Indices of the points no other point beats on both axes (lower cost and higher accuracy),
+    sorted by cost."""
+    order = sorted(range(len(cost)), key=lambda i: (cost[i], -accuracy[i]))
+    front, best = [], -np.inf
+    for i in order:
+        if accuracy[i] > best:
+            front.append(i)
+            best = accuracy[i]
+    return front
+
+
+def plot_pareto(table: pd.DataFrame, path: str | Path, title: str = "") -> Path:
+    """Test accuracy against MACs and against batch-1 latency, one labelled point per row of a
+    comparison table (`report.comparison_table`), the Pareto front joined by a line."""
+    panels = [("macs", "MACs per image (millions)", 1e-6), ("latency_b1_ms", "latency at batch 1 (ms)", 1.0)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, (column, label, scale) in zip(axes, panels, strict=True):
+        cost = (table[column] * scale).tolist()
+        acc = table["test_acc"].tolist()
+        ax.scatter(cost, acc, zorder=3)
+        for name, x, y in zip(table["model"], cost, acc, strict=True):
+            ax.annotate(str(name), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        front = pareto_front(cost, acc)
+        ax.plot([cost[i] for i in front], [acc[i] for i in front], color="gray", lw=1, zorder=2)
+        ax.set_xlabel(label)
+        ax.set_ylabel("test accuracy")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def plot_sensitivity(table: pd.DataFrame, base_acc: float, path: str | Path, title: str = "") -> Path:
+    """Test accuracy after pruning one layer alone, per layer, one line per ratio; the unpruned
+    accuracy as a dashed line. `table` has columns layer, ratio, test_acc."""
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * table["layer"].nunique() + 2), 4))
+    layers = list(dict.fromkeys(table["layer"]))
+    x = np.arange(len(layers))
+    for ratio, rows in table.groupby("ratio"):
+        by_layer = rows.set_index("layer").loc[layers, "test_acc"]
+        ax.plot(x, by_layer, marker="o", label=f"{ratio:g} of channels removed")
+    ax.axhline(base_acc, color="gray", ls="--", lw=1, label="unpruned")
+    ax.set_xticks(x, labels=layers, rotation=45, ha="right")
+    ax.set_ylabel("test accuracy (no fine-tuning)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return save_figure(fig, path)

@@ -361,3 +361,132 @@ def test_evaluate_with_tta_records_both_accuracies(trained_run):
     bad = invoke("evaluate", "--checkpoint", run, "--tta", "rotate")
     _check_one_line_error(bad, "--tta 'rotate'")
     assert invoke("evaluate", "--checkpoint", run).exit_code == 0  # leave the plain evaluation behind
+
+
+# ----------------------------------------------------------------------------- prune, report, sensitivity
+
+
+@pytest.fixture(scope="module")
+def pruned_run(trained_run):
+    run = trained_run[0]
+    out = run.parent / "pruned"
+    result = invoke(
+        "prune", "--checkpoint", run, "--out", out, "--ratio", "0.5", "--importance", "separation",
+        "--finetune-epochs", "2", "--calibration-samples", "40", "--bench-seconds", "0.05", "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return run, out, result
+
+
+def test_prune_writes_a_pruned_run_with_a_consistent_report(pruned_run):
+    run, out, _ = pruned_run
+    for name in ("config.json", "checkpoint.pt", "pruned.pt", "last.pt", "history.csv", "curves.png",
+                 "widths.csv", "report.csv", "report.md", "summary.json"):  # fmt: skip
+        assert (out / name).is_file(), name
+    widths = pd.read_csv(out / "widths.csv")
+    assert widths["original"].tolist() == [16, 32, 64]
+    assert widths["pruned"].tolist() == [8, 16, 32]
+    report = pd.read_csv(out / "report.csv")
+    assert report["model"].tolist() == ["original", "pruned", "pruned+fine-tuned"]
+    for column in ("params", "macs", "size_mb", "latency_b1_ms", "latency_b128_ms", "test_acc",
+                   "macs_reduction", "latency_reduction_b1", "latency_reduction_b128"):  # fmt: skip
+        assert report[column].notna().all(), column
+    macs = report["macs"]
+    assert report["macs_reduction"].tolist() == pytest.approx((macs.iloc[0] / macs).tolist())
+    assert report["latency_reduction_b1"].tolist() == pytest.approx(
+        (report["latency_b1_ms"].iloc[0] / report["latency_b1_ms"]).tolist()
+    )
+    assert report["params"].iloc[1] == report["params"].iloc[2] < report["params"].iloc[0]
+    assert report["macs_reduction"].iloc[2] > 3  # half the channels: about 4× fewer MACs
+    original = load_checkpoint(run)
+    pruned = load_checkpoint(out)
+    assert report["test_acc"].iloc[0] == pytest.approx(original.meta["test_acc"])
+    assert report["test_acc"].iloc[2] == pytest.approx(pruned.meta["test_acc"])
+    assert pruned.spec.conv_widths == [8, 16, 32]
+    assert pruned.spec.num_classes == original.spec.num_classes
+    assert report["size_mb"].iloc[2] == pytest.approx((out / "checkpoint.pt").stat().st_size / 1e6)
+    history = pd.read_csv(out / "history.csv")
+    assert history["epoch"].tolist() == [1, 2]
+    assert "original" in (out / "report.md").read_text()
+    assert not list(out.parent.glob(".pruned.partial*"))
+
+
+def test_prune_in_steps_splits_the_fine_tuning(trained_run, tmp_path):
+    run = trained_run[0]
+    result = invoke(
+        "prune", "--checkpoint", run, "--out", tmp_path / "steps", "--ratio", "0.5", "--steps", "2",
+        "--round-to", "4", "--finetune-epochs", "3", "--bench-seconds", "0.05", "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    history = pd.read_csv(tmp_path / "steps" / "history.csv")
+    assert history["step"].tolist() == [1, 2, 2]
+    assert history["epoch"].tolist() == [1, 2, 3]
+    widths = load_checkpoint(tmp_path / "steps").spec.conv_widths
+    assert all(w % 4 == 0 for w in widths)
+
+
+def test_report_compares_runs_and_draws_the_pareto_plot(pruned_run, tmp_path):
+    run, out, _ = pruned_run
+    result = invoke("report", run, out, "--out", tmp_path / "cmp", "--bench-seconds", "0.05", "--quiet")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "cmp" / "report.csv")
+    assert table["model"].tolist() == [run.name, out.name]
+    assert table["macs_reduction"].iloc[0] == 1.0
+    assert table["macs_reduction"].iloc[1] > 3
+    assert (tmp_path / "cmp" / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "speed ×" in result.stdout
+
+
+def test_sensitivity_scans_every_layer_at_every_ratio(trained_run):
+    run = trained_run[0]
+    result = invoke("sensitivity", "--checkpoint", run, "--ratios", "0.25,0.75", "--quiet")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(run / "sensitivity" / "sensitivity.csv")
+    assert table["layer"].tolist() == ["block1", "block1", "block2", "block2", "block3", "block3"]
+    assert table["ratio"].tolist() == [0.25, 0.75] * 3
+    assert table["channels_kept"].tolist() == [12, 4, 24, 8, 48, 16]
+    assert table["test_acc"].between(0, 1).all()
+    assert (run / "sensitivity" / "sensitivity.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--ratio", "0"], "--ratio 0.0"),
+        (["--ratio", "1"], "--ratio 1.0"),
+        (["--importance", "taylor", "--calibration-samples", "0"], "--importance taylor needs calibration"),
+        (["--allocate", "csi", "--calibration-samples", "0"], "--allocate csi needs calibration"),
+        (["--importance", "magic"], "--importance 'magic'"),
+        (["--finetune-epochs", "-1"], "--finetune-epochs -1"),
+    ],
+)
+def test_prune_bad_input(trained_run, tmp_path, args, fragment):
+    result = invoke("prune", "--checkpoint", trained_run[0], "--out", tmp_path / "p", "--quiet", *args)
+    _check_one_line_error(result, fragment)
+    _no_run_left(tmp_path, "p")
+
+
+def test_prune_refuses_missing_and_foreign_checkpoints(tmp_path):
+    result = invoke("prune", "--checkpoint", tmp_path / "nope", "--out", tmp_path / "p")
+    _check_one_line_error(result, "--checkpoint")
+    (tmp_path / "model.pt").write_bytes(b"not a checkpoint")
+    result = invoke("prune", "--checkpoint", tmp_path / "model.pt", "--out", tmp_path / "p")
+    _check_one_line_error(result, "model.pt")
+    _no_run_left(tmp_path, "p")
+
+
+def test_prune_refuses_a_model_with_nothing_left(tmp_path):
+    run = tmp_path / "tiny"
+    trained = invoke("train", "--dataset", "synthetic", "--model", "cnn", "--width", "0.01",
+                     "--epochs", "1", "--out", run, "--quiet")  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    result = invoke("prune", "--checkpoint", run, "--out", tmp_path / "p", "--quiet")
+    _check_one_line_error(result, "nothing left to prune")
+    _no_run_left(tmp_path, "p")
+
+
+def test_sensitivity_bad_ratios(trained_run):
+    result = invoke("sensitivity", "--checkpoint", trained_run[0], "--ratios", "0.5,1.2")
+    _check_one_line_error(result, "--ratios")
+    result = invoke("sensitivity", "--checkpoint", trained_run[0], "--ratios", "half")
+    _check_one_line_error(result, "--ratios 'half'")

@@ -1,0 +1,407 @@
+"""Structured channel pruning through torch-pruning, guided by magnitude or by class separation.
+
+torch-pruning builds the dependency graph (a conv's output channels, its batch norm, the next
+conv's input channels, the first linear layer's inputs after the flatten) and removes whole
+channels; compresskit only chooses *which* channels (an importance) and *how many per layer* (a
+ratio per layer), then turns the result back into an ordinary `ModelSpec` + state dict.
+
+Importances (``--importance``):
+
+* ``l1`` / ``l2``: the L1 / L2 norm of each channel's weights, summed over its dependency group
+  (torch-pruning's `GroupMagnitudeImportance`).
+* ``bn-scale``: |γ| of the channel's batch norm (network slimming).
+* ``taylor``: first-order Taylor estimate |w·∂L/∂w| on calibration batches (needs data).
+* ``random``: a seeded random order, the baseline every criterion must beat.
+* ``separation`` (`SeparationImportance`): how well the channel alone separates the classes on
+  calibration batches (needs data), defined there.
+
+Per-layer ratios (``--allocate``): ``uniform`` prunes every conv layer by ``ratio`` of its
+channels (with ``scope="global"``, torch-pruning ranks all channels of the network together
+instead); ``csi`` gives each layer its own ratio from the layer analysis (`csi_allocation`).
+The classifier's output layer is never pruned.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from compresskit.analysis import StreamingCenterSeparation, iterate_layer_outputs, select_layers
+from compresskit.errors import CompresskitError
+from compresskit.models import POOL, ConvNet, ModelSpec
+
+IMPORTANCES = ("l1", "l2", "bn-scale", "taylor", "random", "separation")
+NEEDS_DATA = ("taylor", "separation")
+SCOPES = ("uniform", "global")
+ALLOCATIONS = ("uniform", "csi")
+
+Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class PruneConfig:
+    """How to prune. `ratio` is the fraction of each conv layer's output channels removed (uniform),
+    or of all conv channels together (global scope); `max_layer_ratio` caps any single layer;
+    `round_to` keeps every layer's remaining channel count a multiple of it; `steps` > 1 prunes in
+    that many equal steps (fine-tuning in between is the caller's job, see `ChannelPruner`). With
+    per-layer ratios (``allocate="csi"``) an mlp head's hidden layer is still pruned by `ratio`."""
+
+    ratio: float = 0.5
+    importance: str = "l1"
+    scope: str = "uniform"
+    allocate: str = "uniform"
+    steps: int = 1
+    round_to: int | None = None
+    max_layer_ratio: float = 1.0
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not 0.0 < self.ratio < 1.0:
+            raise CompresskitError(f"--ratio {self.ratio} is outside the allowed range (0, 1).")
+        _choice("--importance", self.importance, IMPORTANCES)
+        _choice("--scope", self.scope, SCOPES)
+        _choice("--allocate", self.allocate, ALLOCATIONS)
+        if self.allocate == "csi" and self.scope == "global":
+            raise CompresskitError("--allocate csi sets one ratio per layer, so it needs --scope uniform.")
+        if self.steps < 1:
+            raise CompresskitError(f"--steps {self.steps} must be a positive integer.")
+        if self.round_to is not None and self.round_to < 1:
+            raise CompresskitError(f"--round-to {self.round_to} must be a positive integer.")
+        if not 0.0 < self.max_layer_ratio <= 1.0:
+            raise CompresskitError(f"--max-layer-ratio {self.max_layer_ratio} must be in (0, 1].")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _choice(flag: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise CompresskitError(f"{flag} '{value}' is not known; choose one of: {', '.join(allowed)}.")
+
+
+# --------------------------------------------------------------------------- separation importance
+
+
+def channel_outputs(model: nn.Module) -> dict[nn.Conv2d, nn.Module]:
+    """Each conv layer → the module whose output is that conv's activated output: its conv block
+    (``Sequential(conv, [bn], relu)``) when it has one, else the conv itself."""
+    found: dict[nn.Conv2d, nn.Module] = {}
+    for module in model.modules():
+        children = list(module.children())
+        convs = [c for c in children if isinstance(c, nn.Conv2d)]
+        if len(convs) == 1 and not isinstance(module, nn.Conv2d):
+            found[convs[0]] = module
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d) and module not in found:
+            found[module] = module
+    return found
+
+
+def fisher_ratio(pooled: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-channel class separation of pooled activations n×C (labels n): between-class variance
+    of the channel's value divided by its within-class variance (both population variances, so
+    they sum to the total variance). A constant channel scores 0. Returns C float64."""
+    x = pooled.double()
+    classes, index = torch.unique(labels, return_inverse=True)
+    counts = torch.bincount(index, minlength=len(classes)).double()
+    sums = torch.zeros(len(classes), x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, index, x)
+    class_means = sums / counts[:, None]
+    mean = x.mean(0)
+    between = (counts[:, None] * (class_means - mean) ** 2).sum(0) / len(x)
+    within = ((x - class_means[index]) ** 2).mean(0)
+    total = between + within
+    return torch.where(total > 0, between / (within + 1e-12 * total + 1e-30), torch.zeros_like(total))
+
+
+class SeparationImportance(tp.importance.Importance):
+    """A channel matters as much as it separates the classes on its own.
+
+    For conv channel c: take the channel's activated output (after its batch norm and ReLU),
+    average it over the spatial positions (one number per image), and score the channel by the
+    Fisher ratio of that number over the calibration images: between-class variance / within-class
+    variance (`fisher_ratio`). A channel whose value moves with the label scores high; one that is
+    noise, or dead, scores near 0 and is removed first. Call `refresh(model)` before each pruning
+    step (channels and weights change); the torch-pruning pruner then asks for each group's scores.
+    """
+
+    def __init__(self, batches: Batches) -> None:
+        if not batches:
+            raise CompresskitError("--importance separation needs calibration data; none was given.")
+        self.batches = batches
+        self.scores: dict[nn.Module, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def refresh(self, model: nn.Module) -> None:
+        outputs = channel_outputs(model)
+        pooled: dict[nn.Module, list[torch.Tensor]] = {conv: [] for conv in outputs}
+        hooks = [
+            holder.register_forward_hook(
+                lambda module, inputs, out, conv=conv: pooled[conv].append(out.detach().mean((2, 3)).cpu())
+            )
+            for conv, holder in outputs.items()
+        ]
+        was_training = model.training
+        model.eval()
+        try:
+            labels = []
+            for x, y in self.batches:
+                model(x)
+                labels.append(y.cpu())
+        finally:
+            for hook in hooks:
+                hook.remove()
+            model.train(was_training)
+        y = torch.cat(labels)
+        self.scores = {conv: fisher_ratio(torch.cat(values), y) for conv, values in pooled.items()}
+
+    def __call__(self, group) -> torch.Tensor | None:
+        for dep, idxs in group:
+            if dep.handler == tp.prune_conv_out_channels and dep.target.module in self.scores:
+                return self.scores[dep.target.module][list(idxs)].float()
+        return None
+
+
+# --------------------------------------------------------------------------- ratio allocation
+
+
+def conv_macs(layers: Sequence[int | str], in_channels: int, input_size: int = 32) -> int:
+    """Multiply-accumulates of the 3×3 convolutions of a `ModelSpec.layers` plan (the bulk of a
+    VGG's cost; the head is left out): Σ H·W·9·c_in·c_out."""
+    total, side, c_in = 0, input_size, in_channels
+    for item in layers:
+        if item == POOL:
+            side //= 2
+        else:
+            total += side * side * 9 * c_in * int(item)
+            c_in = int(item)
+    return total
+
+
+def _kept(width: int, ratio: float, round_to: int | None) -> int:
+    """Channels torch-pruning keeps of `width` at `ratio` (its rule: int(width · (1 − ratio)), then
+    rounded down to a multiple of `round_to`)."""
+    keep = int(width * (1 - ratio))
+    if round_to:
+        keep -= keep % round_to
+    return max(1, keep)
+
+
+def _plan(spec: ModelSpec, ratios: Sequence[float], round_to: int | None) -> list[int | str]:
+    widths = iter(_kept(w, r, round_to) for w, r in zip(spec.conv_widths, ratios, strict=True))
+    return [item if item == POOL else next(widths) for item in spec.layers]
+
+
+def csi_allocation(
+    spec: ModelSpec,
+    csi: Sequence[float],
+    input_csi: float,
+    ratio: float,
+    *,
+    max_layer_ratio: float = 1.0,
+    round_to: int | None = None,
+) -> list[float]:
+    """Per-conv-layer pruning ratios from the layer analysis.
+
+    `csi` holds each conv block's CSI in order, `input_csi` the CSI of the input images. A layer's
+    gain is how much it raises CSI over the previous one (negative gains count as 0). Its ratio is
+    ``s · (1 − gain / (2 · max gain))``: the layer that adds the most separation is pruned half as
+    hard as one that adds none. The scale s is found by bisection so that the convolutions' MACs
+    (`conv_macs`) after pruning equal those of uniform pruning at `ratio`; each ratio is capped at
+    `max_layer_ratio` (and below 1).
+    """
+    if len(csi) != len(spec.conv_widths):
+        raise ValueError(f"csi has {len(csi)} values but the model has {len(spec.conv_widths)} conv layers.")
+    previous = [input_csi, *csi[:-1]]
+    gains = [max(0.0, c - p) for c, p in zip(csi, previous, strict=True)]
+    top = max(gains)
+    weights = [1.0 - g / (2 * top) if top > 0 else 1.0 for g in gains]
+    cap = min(max_layer_ratio, 0.95)
+    target = conv_macs(_plan(spec, [ratio] * len(weights), round_to), spec.in_channels, spec.input_size)
+
+    def ratios(scale: float) -> list[float]:
+        return [min(cap, scale * w) for w in weights]
+
+    def macs(scale: float) -> int:
+        return conv_macs(_plan(spec, ratios(scale), round_to), spec.in_channels, spec.input_size)
+
+    low, high = 0.0, 2.0 / min(weights)
+    for _ in range(60):
+        mid = (low + high) / 2
+        if macs(mid) > target:
+            low = mid
+        else:
+            high = mid
+    return ratios(high)
+
+
+def layer_csi(model: nn.Module, batches: Batches) -> tuple[list[float], float]:
+    """CSI of every conv block's output on `batches` (in model order), and of the input images."""
+    layers = [layer for layer in select_layers(model, "blocks") if layer.name.startswith("block")]
+    streams = {layer.name: StreamingCenterSeparation() for layer in layers}
+    pixels = StreamingCenterSeparation()
+    for outputs, y in iterate_layer_outputs(model, iter(batches), layers):
+        for name, value in outputs.items():
+            streams[name].add(value, y)
+    for x, y in batches:
+        pixels.add(x, y)
+    for outputs, y in iterate_layer_outputs(model, iter(batches), layers):
+        for name, value in outputs.items():
+            streams[name].score(value, y)
+    for x, y in batches:
+        pixels.score(x, y)
+    return [streams[layer.name].value() for layer in layers], pixels.value()
+
+
+# --------------------------------------------------------------------------- pruning
+
+
+def _importance(cfg: PruneConfig, batches: Batches | None) -> tp.importance.Importance:
+    if cfg.importance in NEEDS_DATA and not batches:
+        raise CompresskitError(
+            f"--importance {cfg.importance} needs calibration data (it looks at activations or "
+            "gradients), but none was given."
+        )
+    if cfg.importance == "l1":
+        return tp.importance.GroupMagnitudeImportance(p=1)
+    if cfg.importance == "l2":
+        return tp.importance.GroupMagnitudeImportance(p=2)
+    if cfg.importance == "bn-scale":
+        return tp.importance.BNScaleImportance()
+    if cfg.importance == "taylor":
+        return tp.importance.GroupTaylorImportance()
+    if cfg.importance == "random":
+        return tp.importance.RandomImportance()
+    assert batches is not None
+    return SeparationImportance(batches)
+
+
+def _linears(model: nn.Module) -> list[nn.Linear]:
+    return [m for m in model.modules() if isinstance(m, nn.Linear)]
+
+
+def output_layer(model: nn.Module) -> nn.Linear:
+    """The classifier's output layer (the last `nn.Linear`); never pruned."""
+    linears = _linears(model)
+    if not linears:
+        raise CompresskitError("the model has no linear output layer.")
+    return linears[-1]
+
+
+class ChannelPruner:
+    """torch-pruning's `MetaPruner` set up from a `PruneConfig`; `step()` prunes one of
+    ``cfg.steps`` equal steps in place and returns the model's conv widths afterwards.
+
+    >>> pruner = ChannelPruner(model, PruneConfig(ratio=0.5), example_inputs, batches)
+    >>> for _ in range(pruner.cfg.steps):
+    ...     pruner.step()          # fine-tune between steps if you like
+    """
+
+    def __init__(
+        self,
+        model: ConvNet,
+        cfg: PruneConfig,
+        example_inputs: torch.Tensor,
+        batches: Batches | None = None,
+        *,
+        layer_ratios: Sequence[float] | None = None,
+        prune_head: bool = True,
+    ) -> None:
+        cfg.validate()
+        if cfg.importance == "bn-scale" and not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+            raise CompresskitError("--importance bn-scale needs a model with batch norm (a *_bn model).")
+        self.model, self.cfg, self.batches = model, cfg, batches
+        self.importance = _importance(cfg, batches)
+        convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+        if sum(c.out_channels for c in convs) <= len(convs):
+            raise CompresskitError("the model has nothing left to prune: every conv layer has one channel.")
+        ratio_dict = None
+        if layer_ratios is not None:
+            if len(layer_ratios) != len(convs):
+                raise ValueError(f"{len(layer_ratios)} layer ratios for {len(convs)} conv layers.")
+            ratio_dict = {conv: float(r) for conv, r in zip(convs, layer_ratios, strict=True)}
+        torch.manual_seed(cfg.seed)  # RandomImportance draws from torch's global generator
+        self.pruner = tp.pruner.MetaPruner(
+            model,
+            example_inputs,
+            importance=self.importance,
+            global_pruning=cfg.scope == "global",
+            pruning_ratio=cfg.ratio,
+            pruning_ratio_dict=ratio_dict,
+            max_pruning_ratio=cfg.max_layer_ratio,
+            iterative_steps=cfg.steps,
+            ignored_layers=[output_layer(model)] if prune_head else _linears(model),
+            round_to=cfg.round_to,
+        )
+
+    def step(self) -> list[int]:
+        if isinstance(self.importance, SeparationImportance):
+            self.importance.refresh(self.model)
+        elif self.cfg.importance == "taylor":
+            self._accumulate_gradients()
+        self.pruner.step()
+        self.model.zero_grad(set_to_none=True)
+        return [m.out_channels for m in self.model.modules() if isinstance(m, nn.Conv2d)]
+
+    def _accumulate_gradients(self) -> None:
+        assert self.batches
+        was_training = self.model.training
+        self.model.eval()
+        self.model.zero_grad(set_to_none=True)
+        for x, y in self.batches:
+            nn.functional.cross_entropy(self.model(x), y).backward()
+        self.model.train(was_training)
+
+
+def pruned_spec(model: ConvNet, spec: ModelSpec) -> ModelSpec:
+    """The `ModelSpec` of a pruned copy of a model built from `spec`: new conv widths, new mlp
+    hidden width; everything else unchanged."""
+    widths = iter(m.out_channels for m in model.features.modules() if isinstance(m, nn.Conv2d))
+    layers = [item if item == POOL else next(widths) for item in spec.layers]
+    head_width = spec.head_width
+    if spec.head == "mlp":
+        head_width = next(m for m in model.head.modules() if isinstance(m, nn.Linear)).out_features
+    new = ModelSpec(**{**spec.to_dict(), "layers": layers, "head_width": head_width})
+    new.validate()
+    return new
+
+
+def rebuild(model: ConvNet, spec: ModelSpec) -> tuple[ConvNet, ModelSpec]:
+    """A plain `ConvNet` (no torch-pruning objects attached) with the pruned model's weights, and its
+    spec; what a checkpoint stores."""
+    new_spec = pruned_spec(model, spec)
+    fresh = ConvNet(new_spec)
+    fresh.load_state_dict(model.state_dict())
+    return fresh.to(next(model.parameters()).device).train(model.training), new_spec
+
+
+def prune_copy(
+    model: ConvNet,
+    spec: ModelSpec,
+    cfg: PruneConfig,
+    batches: Batches | None = None,
+    *,
+    layer_ratios: Sequence[float] | None = None,
+    prune_head: bool = True,
+) -> tuple[ConvNet, ModelSpec]:
+    """Prune a deep copy of `model` in all ``cfg.steps`` steps at once (no fine-tuning between) and
+    return the rebuilt model and its spec. `model` itself is not changed."""
+    work = copy.deepcopy(model)
+    example = torch.zeros(1, spec.in_channels, spec.input_size, spec.input_size, device=_device(model))
+    pruner = ChannelPruner(work, cfg, example, batches, layer_ratios=layer_ratios, prune_head=prune_head)
+    for _ in range(cfg.steps):
+        pruner.step()
+    return rebuild(work, spec)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def as_batches(loader: Iterable) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Materialise a loader's batches once, so every pruning step sees the same calibration data."""
+    return [(x, y) for x, y in loader]

@@ -1,0 +1,234 @@
+"""Channel pruning: widths, the untouched output layer, round_to, reload equality, the separation
+importance, CSI allocation, steps and scopes, and refusals."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from compresskit.checkpoint import load_checkpoint, save_checkpoint
+from compresskit.compress import (
+    ChannelPruner,
+    PruneConfig,
+    SeparationImportance,
+    csi_allocation,
+    fisher_ratio,
+    prune_copy,
+)
+from compresskit.compress.prune import conv_macs, layer_csi
+from compresskit.errors import CompresskitError
+from compresskit.measure import count_macs
+from compresskit.models import ModelSpec, build_model, make_spec
+
+
+def vgg(width: float = 0.25, head: str = "linear", name: str = "vgg11_bn"):
+    spec = make_spec(name, 10, width=width, head=head)
+    model = build_model(spec, seed=0).eval()
+    with torch.no_grad():  # non-trivial batch-norm statistics, so a pruning mistake shows in outputs
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.2, 1.5)
+    return model, spec
+
+
+def test_uniform_pruning_halves_every_conv_layer_and_keeps_the_output_layer():
+    model, spec = vgg(head="mlp")
+    pruned, new = prune_copy(model, spec, PruneConfig(ratio=0.5))
+    assert new.conv_widths == [w // 2 for w in spec.conv_widths]
+    assert new.head_width == spec.head_width // 2
+    output = [m for m in pruned.modules() if isinstance(m, nn.Linear)][-1]
+    assert output.out_features == 10
+    assert output.in_features == new.head_width
+    assert pruned(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    # the original is untouched
+    assert [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)] == spec.conv_widths
+
+
+def test_round_to_keeps_multiples():
+    model, spec = vgg()
+    _, new = prune_copy(model, spec, PruneConfig(ratio=0.3, round_to=4))
+    assert all(w % 4 == 0 for w in new.conv_widths)
+    assert new.conv_widths != spec.conv_widths
+
+
+def test_max_layer_ratio_caps_global_pruning():
+    model, spec = vgg()
+    _, free = prune_copy(model, spec, PruneConfig(ratio=0.6, scope="global"))
+    _, capped = prune_copy(model, spec, PruneConfig(ratio=0.6, scope="global", max_layer_ratio=0.7))
+    assert sum(free.conv_widths) == pytest.approx(0.4 * sum(spec.conv_widths), abs=len(spec.conv_widths))
+    assert len(set(free.conv_widths) - set(spec.conv_widths)) > 1
+    assert all(p >= 0.3 * w - 1 for p, w in zip(capped.conv_widths, spec.conv_widths, strict=True))
+
+
+def test_dead_channels_go_first_and_outputs_do_not_change():
+    model, spec = vgg()
+    dead = {0: [1, 5], 3: [0, 2, 7]}  # conv index → channels whose conv + BN are zeroed
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    with torch.no_grad():
+        for layer, channels in dead.items():
+            convs[layer].weight[channels] = 0
+            bns[layer].weight[channels] = 0
+            bns[layer].bias[channels] = 0
+    ratios = [len(dead.get(i, [])) / w for i, w in enumerate(spec.conv_widths)]
+    pruned, new = prune_copy(model, spec, PruneConfig(ratio=0.5, importance="l1"), layer_ratios=ratios)
+    assert new.conv_widths[0] == spec.conv_widths[0] - 2
+    assert new.conv_widths[3] == spec.conv_widths[3] - 3
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_pruned_checkpoint_reloads_exactly_without_torch_pruning(tmp_path):
+    model, spec = vgg()
+    pruned, new = prune_copy(model, spec, PruneConfig(ratio=0.5, importance="l2"))
+    path = save_checkpoint(tmp_path / "pruned.pt", new, pruned)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = pruned(x)
+        assert torch.equal(load_checkpoint(path).build()(x), expected)
+    torch.save(x, tmp_path / "x.pt")
+    torch.save(expected, tmp_path / "y.pt")
+    script = (
+        "import sys; sys.modules['torch_pruning'] = None\n"  # any import of torch_pruning now fails
+        "import torch; from compresskit.checkpoint import load_checkpoint\n"
+        f"m = load_checkpoint({str(path)!r}).build()\n"
+        f"x = torch.load({str(tmp_path / 'x.pt')!r}); y = torch.load({str(tmp_path / 'y.pt')!r})\n"
+        "with torch.no_grad(): assert torch.equal(m(x), y)\n"
+        "assert 'torch_pruning' not in [k for k, v in sys.modules.items() if v is not None]\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_fisher_ratio_matches_a_hand_computation():
+    pooled = torch.tensor([[1.0, 5.0, 2.0], [3.0, 5.0, 2.0], [10.0, 5.0, 4.0], [14.0, 5.0, 0.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    # channel 0: class means 2 and 12, overall 7 → between 25, within (1+1+4+4)/4 = 2.5 → 10
+    # channel 1: constant → 0; channel 2: class means 2 and 2 → between 0 → 0
+    expected = torch.tensor([10.0, 0.0, 0.0], dtype=torch.float64)
+    torch.testing.assert_close(fisher_ratio(pooled, labels), expected)
+
+
+def test_separation_importance_removes_the_noise_channel_first():
+    # One conv layer with two channels: channel 0 copies input plane 0 (which carries the label),
+    # channel 1 copies input plane 1 (noise, and with larger weights, so magnitude would keep it).
+    spec = ModelSpec(name="probe", layers=[2, "M"], batch_norm=False, in_channels=2, num_classes=2)
+    model = build_model(spec, seed=0).eval()
+    conv = model.features[0][0]
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.zero_()
+        conv.weight[0, 0, 1, 1] = 1.0
+        conv.weight[1, 1, 1, 1] = 3.0
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(2).repeat(32)
+    x = torch.rand(64, 2, 32, 32, generator=g)
+    x[:, 0] += 2.0 * labels.view(-1, 1, 1).float()
+    batches = [(x[:32], labels[:32]), (x[32:], labels[32:])]
+    pruned, new = prune_copy(model, spec, PruneConfig(ratio=0.5, importance="separation"), batches)
+    assert new.conv_widths == [1]
+    assert pruned.features[0][0].weight[0, 0, 1, 1] == 1.0  # the label channel survived
+    by_magnitude, _ = prune_copy(model, spec, PruneConfig(ratio=0.5, importance="l1"))
+    assert by_magnitude.features[0][0].weight[0, 1, 1, 1] == 3.0  # magnitude keeps the noise
+
+
+def test_separation_scores_follow_the_model_between_steps():
+    model, spec = vgg(width=0.125)
+    x, y = torch.randn(40, 3, 32, 32), torch.arange(10).repeat(4)
+    importance = SeparationImportance([(x, y)])
+    importance.refresh(model)
+    assert [len(s) for s in importance.scores.values()] == spec.conv_widths
+    pruner = ChannelPruner(model, PruneConfig(ratio=0.5, importance="separation", steps=2), x[:1], [(x, y)])
+    first = pruner.step()
+    assert [len(s) for s in pruner.importance.scores.values()] == spec.conv_widths
+    second = pruner.step()
+    assert first == [w - int(w * 0.25) for w in spec.conv_widths]
+    assert second == [w // 2 for w in spec.conv_widths]
+
+
+def test_csi_allocation_prunes_low_gain_layers_harder_and_hits_the_mac_target():
+    model, spec = vgg()
+    csi = [0.40, 0.55, 0.58, 0.70, 0.71, 0.80, 0.81, 0.82]  # gains .1 .15 .03 .12 .01 .09 .01 .01
+    ratios = csi_allocation(spec, csi, input_csi=0.30, ratio=0.5)
+    assert ratios[4] > ratios[3]  # gain .01 pruned harder than gain .12
+    assert ratios[1] == min(ratios)  # the largest gain is pruned least
+    assert ratios[6] == pytest.approx(ratios[7]) == pytest.approx(max(ratios))
+    shape = (3, 32, 32)
+    uniform, _ = prune_copy(model, spec, PruneConfig(ratio=0.5))
+    allocated, new = prune_copy(model, spec, PruneConfig(ratio=0.5), layer_ratios=ratios)
+    assert count_macs(allocated, shape) == pytest.approx(count_macs(uniform, shape), rel=0.03)
+    assert new.conv_widths != [w // 2 for w in spec.conv_widths]
+
+
+def test_conv_macs_by_hand():
+    assert conv_macs([4, "M", 8], in_channels=3, input_size=8) == 8 * 8 * 9 * 3 * 4 + 4 * 4 * 9 * 4 * 8
+
+
+def test_layer_csi_reads_every_block():
+    model, spec = vgg(width=0.125)
+    x, y = torch.randn(20, 3, 32, 32), torch.arange(10).repeat(2)
+    csi, pixels = layer_csi(model, [(x[:10], y[:10]), (x[10:], y[10:])])
+    assert len(csi) == len(spec.conv_widths)
+    assert all(0 <= c <= 1 for c in [*csi, pixels])
+
+
+@pytest.mark.parametrize("importance", ["taylor", "separation"])
+def test_data_driven_importance_without_data_is_refused(importance):
+    model, spec = vgg()
+    with pytest.raises(CompresskitError, match=f"--importance {importance} needs calibration data"):
+        prune_copy(model, spec, PruneConfig(importance=importance))
+
+
+def test_taylor_pruning_uses_gradients():
+    model, spec = vgg(width=0.125)
+    x, y = torch.randn(20, 3, 32, 32), torch.arange(10).repeat(2)
+    _, new = prune_copy(model, spec, PruneConfig(ratio=0.5, importance="taylor"), [(x, y)])
+    assert new.conv_widths == [w // 2 for w in spec.conv_widths]
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_random_importance_is_seeded():
+    model, spec = vgg(width=0.125)
+    a, _ = prune_copy(model, spec, PruneConfig(importance="random", seed=3))
+    b, _ = prune_copy(model, spec, PruneConfig(importance="random", seed=3))
+    c, _ = prune_copy(model, spec, PruneConfig(importance="random", seed=4))
+    assert torch.equal(a.features[0][0].weight, b.features[0][0].weight)
+    assert not torch.equal(a.features[0][0].weight, c.features[0][0].weight)
+
+
+@pytest.mark.parametrize(
+    ("changes", "fragment"),
+    [
+        ({"ratio": 0.0}, "--ratio 0.0"),
+        ({"ratio": 1.5}, "--ratio 1.5"),
+        ({"importance": "weights"}, "--importance 'weights'"),
+        ({"scope": "layer"}, "--scope 'layer'"),
+        ({"allocate": "csi", "scope": "global"}, "--allocate csi"),
+        ({"steps": 0}, "--steps 0"),
+        ({"round_to": 0}, "--round-to 0"),
+        ({"max_layer_ratio": 0.0}, "--max-layer-ratio"),
+    ],
+)
+def test_bad_configuration_is_refused(changes, fragment):
+    with pytest.raises(CompresskitError, match=fragment.replace("(", r"\(")):
+        PruneConfig(**changes).validate()
+
+
+def test_nothing_left_to_prune():
+    spec = make_spec("cnn", 10, width=0.01)
+    assert spec.conv_widths == [1, 1, 1]
+    with pytest.raises(CompresskitError, match="nothing left to prune"):
+        prune_copy(build_model(spec), spec, PruneConfig())
+
+
+def test_bn_scale_needs_batch_norm():
+    spec = make_spec("vgg11", 10, width=0.125)
+    with pytest.raises(CompresskitError, match="bn-scale"):
+        prune_copy(build_model(spec), spec, PruneConfig(importance="bn-scale"))
