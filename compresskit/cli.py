@@ -234,7 +234,7 @@ def analyze(
 
 
 def _print_report(table, title: str) -> None:
-    view = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False)
+    view = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False, padding=(0, 1))
     for label in ("model", "params", "MACs", "ms b=1", "ms b=128", "test acc", "MACs ×", "speed ×"):
         view.add_column(label, justify="left" if label == "model" else "right", no_wrap=True)
     for row in table.to_dict("records"):
@@ -273,6 +273,7 @@ def prune(
     data_dir: Path | None = typer.Option(None, help="Dataset folder (default: the one used in training)."),
     download: bool = typer.Option(True, help="Download CIFAR (checksum-verified) when not on disk."),
     bench_seconds: float = typer.Option(1.0, help="Seconds of timing per latency measurement."),
+    threads: int | None = typer.Option(None, help="CPU threads for latency (default: torch's count)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ) -> None:
@@ -295,7 +296,8 @@ def prune(
         result = prune_run(
             checkpoint, out, cfg, finetune, calibration_samples=calibration_samples,
             data_dir=str(data_dir) if data_dir is not None else None, download=download,
-            bench_seconds=bench_seconds, overwrite=overwrite, progress=Progress(enabled=not quiet),
+            bench_seconds=bench_seconds, threads=threads, overwrite=overwrite,
+            progress=Progress(enabled=not quiet),
         )  # fmt: skip
     _print_report(result["table"], f"pruned {escape(str(checkpoint))} → {escape(str(out))}")
     _print_table(
@@ -313,6 +315,7 @@ def report(
     out: Path = typer.Option(Path("report"), "--out", help="Folder for report.csv, report.md, pareto.png."),
     device: str = typer.Option("cpu", help="Where latency is measured: cpu|cuda|auto."),
     bench_seconds: float = typer.Option(1.0, help="Seconds of timing per latency measurement."),
+    threads: int | None = typer.Option(None, help="CPU threads for latency (default: torch's count)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ) -> None:
     """Compare runs: parameters, MACs, size, latency, accuracy, and a Pareto plot."""
@@ -321,7 +324,7 @@ def report(
 
     with user_errors():
         result = report_run(
-            [str(r) for r in runs], out, device=device, bench_seconds=bench_seconds,
+            [str(r) for r in runs], out, device=device, bench_seconds=bench_seconds, threads=threads,
             progress=Progress(enabled=not quiet),
         )  # fmt: skip
     _print_report(result["table"], "model comparison (reductions relative to the first run)")

@@ -21,6 +21,7 @@ from torch.utils import benchmark
 from compresskit.models import count_parameters
 
 WARMUP_CALLS = 3
+WARMUP_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
@@ -162,9 +163,9 @@ def measure_latency(
 
     Uses ``torch.utils.benchmark.Timer`` with `threads` intra-op threads (default: the current
     ``torch.get_num_threads()``), under ``torch.inference_mode()`` with the model in eval mode, after
-    a few warm-up calls; ``blocked_autorange`` then times blocks of calls for at least
-    `min_run_time` seconds. On CUDA the timer synchronises the device around each block. The model
-    is moved (as a copy) only if it is not already on `device`.
+    warm-up calls and up to `WARMUP_SECONDS` of untimed runs; ``blocked_autorange`` then times
+    blocks of calls for at least `min_run_time` seconds. On CUDA the timer synchronises the device
+    around each block. The model is moved (as a copy) only if it is not already on `device`.
     """
     shape = _check_input_shape(input_shape)
     _check_positive("batch_size", batch_size)
@@ -183,7 +184,10 @@ def measure_latency(
             globals={"torch": torch, "model": net, "x": x},
             num_threads=threads,
         )
+        # Warm up for a while, not for a fixed few calls: thread pools and oneDNN's kernel caches
+        # take tens of milliseconds to settle after the thread count or the input shape changes.
         timer.timeit(WARMUP_CALLS)
+        timer.blocked_autorange(min_run_time=min(WARMUP_SECONDS, min_run_time))
         result = timer.blocked_autorange(min_run_time=min_run_time)
     return Latency(
         batch_size=batch_size,

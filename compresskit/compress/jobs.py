@@ -58,11 +58,17 @@ def _input_shape(spec: ModelSpec) -> tuple[int, int, int]:
 
 
 def _measure_row(
-    name: str, model: ConvNet, spec: ModelSpec, test_acc: float, path: Path | None, bench_seconds: float
+    name: str,
+    model: ConvNet,
+    spec: ModelSpec,
+    test_acc: float,
+    path: Path | None,
+    bench_seconds: float,
+    threads: int | None = None,
 ) -> dict:
     measured = measure_model(
         model, _input_shape(spec), batch_sizes=(1, 128), device=next(model.parameters()).device,
-        checkpoint_path=path, min_run_time=bench_seconds,
+        checkpoint_path=path, min_run_time=bench_seconds, threads=threads,
     )  # fmt: skip
     return {"model": name, **measured.to_row(), "test_acc": test_acc}
 
@@ -77,6 +83,7 @@ def prune_run(
     data_dir: str | None = None,
     download: bool = True,
     bench_seconds: float = 1.0,
+    threads: int | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> dict:
@@ -95,6 +102,8 @@ def prune_run(
         raise CompresskitError(f"{what} needs calibration data, but --calibration-samples is 0.")
     if bench_seconds <= 0:
         raise CompresskitError(f"--bench-seconds {bench_seconds} must be positive.")
+    if threads is not None and threads < 1:
+        raise CompresskitError(f"--threads {threads} must be a positive integer.")
     ckpt = load_checkpoint(checkpoint)
     out = Path(out)
     if out.resolve() == ckpt.path.parent.resolve():
@@ -183,7 +192,7 @@ def prune_run(
             ("pruned", pruned_model, pruned_spec_, pruned_acc, stage / "pruned.pt"),
             ("pruned+fine-tuned", final_model, final_spec, final_acc, stage / CHECKPOINT_NAME),
         ]
-        rows = [_measure_row(*entry, bench_seconds) for entry in compared]
+        rows = [_measure_row(*entry, bench_seconds, threads) for entry in compared]
         table = comparison_table(rows)
         notes = [
             f"pruned from {ckpt.path}: --ratio {cfg.ratio} --importance {cfg.importance} --scope {cfg.scope} "
@@ -287,6 +296,7 @@ def report_run(
     *,
     device: str = "cpu",
     bench_seconds: float = 1.0,
+    threads: int | None = None,
     overwrite: bool = True,
     progress: Progress | None = None,
 ) -> dict:
@@ -298,6 +308,8 @@ def report_run(
         raise CompresskitError("report needs at least one run directory or checkpoint.")
     if bench_seconds <= 0:
         raise CompresskitError(f"--bench-seconds {bench_seconds} must be positive.")
+    if threads is not None and threads < 1:
+        raise CompresskitError(f"--threads {threads} must be a positive integer.")
     loaded = [load_checkpoint(c) for c in checkpoints]
     for ckpt in loaded:
         if not isinstance(ckpt.meta.get("test_acc"), float):
@@ -310,7 +322,8 @@ def report_run(
         for ckpt in loaded:
             name = ckpt.path.parent.name if ckpt.path.name == CHECKPOINT_NAME else ckpt.path.stem
             model = ckpt.build(torch_device)
-            rows.append(_measure_row(name, model, ckpt.spec, ckpt.meta["test_acc"], ckpt.path, bench_seconds))
+            acc = ckpt.meta["test_acc"]
+            rows.append(_measure_row(name, model, ckpt.spec, acc, ckpt.path, bench_seconds, threads))
             advance()
     table = comparison_table(rows)
     with staged_directory(Path(out), overwrite=overwrite) as stage:
