@@ -3,6 +3,7 @@
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich import box
@@ -20,6 +21,16 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+
+
+# Options shared by several commands.
+Device = Annotated[str, typer.Option(help="auto|cpu|cuda.")]
+RunDataDir = Annotated[Path | None, typer.Option(help="Dataset folder (default: the one used in training).")]
+Download = Annotated[bool, typer.Option(help="Download CIFAR (checksum-verified) when not on disk.")]
+Quiet = Annotated[bool, typer.Option("--quiet", help="No progress output.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out directory.")]
+BenchSeconds = Annotated[float, typer.Option(help="Seconds of timing per latency measurement.")]
+Threads = Annotated[int | None, typer.Option(help="CPU threads for latency (default: torch's count).")]
 
 
 @contextmanager
@@ -51,7 +62,7 @@ def train(
     model: str = typer.Option("vgg11_bn", help="vgg11|vgg13|vgg16|vgg19|cnn, each also with _bn."),
     dataset: str = typer.Option("digits", help="cifar10|cifar100|fashion-mnist|mnist|digits|synthetic."),
     data_dir: Path | None = typer.Option(None, help="Folder holding the dataset files (default ./data)."),
-    download: bool = typer.Option(True, help="Download CIFAR (checksum-verified) when not on disk."),
+    download: Download = True,
     width: float = typer.Option(1.0, help="Channel width multiplier."),
     head: str = typer.Option("linear", help="linear (features→classes) or mlp (features→512·width→classes)."),
     dropout: float = typer.Option(0.0, help="Dropout before the head's last linear layer."),
@@ -79,10 +90,10 @@ def train(
         None, help="Stop after this many epochs without a better validation accuracy."
     ),
     seed: int = typer.Option(0, help="Seed of the split, the batches, the initial weights."),
-    device: str = typer.Option("auto", help="auto|cpu|cuda."),
+    device: Device = "auto",
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (opt-in)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
 ) -> None:
     """Train a model from scratch into a run directory."""
     from compresskit.progress import Progress
@@ -128,10 +139,10 @@ def train(
 @app.command()
 def evaluate(
     checkpoint: Path = typer.Option(..., help="Run directory (its checkpoint.pt) or a .pt file."),
-    data_dir: Path | None = typer.Option(None, help="Dataset folder (default: the one used in training)."),
-    download: bool = typer.Option(True, help="Download CIFAR (checksum-verified) when not on disk."),
+    data_dir: RunDataDir = None,
+    download: Download = True,
     batch_size: int = typer.Option(256, help="Evaluation batch size."),
-    device: str = typer.Option("auto", help="auto|cpu|cuda."),
+    device: Device = "auto",
     tta: str = typer.Option(
         "none", help="Test-time augmentation: none, flip (mirror), flip-translate (mirror + 1-pixel moves)."
     ),
@@ -184,12 +195,12 @@ def analyze(
     ),
     metrics: str = typer.Option("csi,si,probe", help="Comma list of csi, si, probe; or none."),
     filters: bool = typer.Option(False, "--filters", help="Also draw the first-layer filters."),
-    data_dir: Path | None = typer.Option(None, help="Dataset folder (default: the one used in training)."),
-    download: bool = typer.Option(True, help="Download CIFAR (checksum-verified) when not on disk."),
+    data_dir: RunDataDir = None,
+    download: Download = True,
     batch_size: int = typer.Option(256, help="Batch size of the forward passes."),
-    device: str = typer.Option("auto", help="auto|cpu|cuda."),
+    device: Device = "auto",
     seed: int = typer.Option(0, help="Seed of the class-balanced subsets."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+    quiet: Quiet = False,
 ) -> None:
     """Per-layer center separation index, separation index and linear-probe accuracy, train vs test."""
     from compresskit.progress import Progress
@@ -269,13 +280,13 @@ def prune(
     schedule: str = typer.Option("cosine", help="step|cosine|onecycle|none, stepped every batch."),
     label_smoothing: float = typer.Option(0.0, help="Label smoothing of the fine-tuning loss."),
     seed: int = typer.Option(0, help="Seed of the batches, the calibration subset, random importance."),
-    device: str = typer.Option("auto", help="auto|cpu|cuda."),
-    data_dir: Path | None = typer.Option(None, help="Dataset folder (default: the one used in training)."),
-    download: bool = typer.Option(True, help="Download CIFAR (checksum-verified) when not on disk."),
-    bench_seconds: float = typer.Option(1.0, help="Seconds of timing per latency measurement."),
-    threads: int | None = typer.Option(None, help="CPU threads for latency (default: torch's count)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+    device: Device = "auto",
+    data_dir: RunDataDir = None,
+    download: Download = True,
+    bench_seconds: BenchSeconds = 1.0,
+    threads: Threads = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
 ) -> None:
     """Remove whole channels (torch-pruning), fine-tune, and report the savings."""
     from compresskit.compress import PruneConfig
@@ -314,9 +325,9 @@ def report(
     runs: list[Path] = typer.Argument(..., help="Run directories or .pt files; the first is the baseline."),
     out: Path = typer.Option(Path("report"), "--out", help="Folder for report.csv, report.md, pareto.png."),
     device: str = typer.Option("cpu", help="Where latency is measured: cpu|cuda|auto."),
-    bench_seconds: float = typer.Option(1.0, help="Seconds of timing per latency measurement."),
-    threads: int | None = typer.Option(None, help="CPU threads for latency (default: torch's count)."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+    bench_seconds: BenchSeconds = 1.0,
+    threads: Threads = None,
+    quiet: Quiet = False,
 ) -> None:
     """Compare runs: parameters, MACs, size, latency, accuracy, and a Pareto plot."""
     from compresskit.compress.jobs import report_run
@@ -337,11 +348,11 @@ def sensitivity(
     ratios: str = typer.Option("0.25,0.5,0.75", help="Comma list of fractions of channels to remove."),
     importance: str = typer.Option("l1", help="l1|l2|bn-scale|random (no data-driven ones here)."),
     samples: int | None = typer.Option(None, help="Evaluate on this many class-balanced test images."),
-    data_dir: Path | None = typer.Option(None, help="Dataset folder (default: the one used in training)."),
-    download: bool = typer.Option(True, help="Download CIFAR (checksum-verified) when not on disk."),
+    data_dir: RunDataDir = None,
+    download: Download = True,
     batch_size: int = typer.Option(256, help="Evaluation batch size."),
-    device: str = typer.Option("auto", help="auto|cpu|cuda."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+    device: Device = "auto",
+    quiet: Quiet = False,
 ) -> None:
     """Prune each conv layer alone at each ratio (no fine-tuning) and chart the accuracy lost."""
     from compresskit.compress.jobs import sensitivity_run
