@@ -31,6 +31,15 @@ Quiet = Annotated[bool, typer.Option("--quiet", help="No progress output.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out directory.")]
 BenchSeconds = Annotated[float, typer.Option(help="Seconds of timing per latency measurement.")]
 Threads = Annotated[int | None, typer.Option(help="CPU threads for latency (default: torch's count).")]
+Source = Annotated[
+    Path,
+    typer.Option(
+        "--checkpoint", "--from", help="Run directory (its checkpoint.pt) or .pt file: trained or compressed."
+    ),
+]
+FinetuneEpochs = Annotated[int, typer.Option(help="Fine-tuning epochs in all.")]
+FinetuneLr = Annotated[float, typer.Option(help="Peak fine-tuning learning rate (SGD, cosine).")]
+Seed = Annotated[int, typer.Option(help="Seed of the fine-tuning batches and the subsets.")]
 
 
 @contextmanager
@@ -259,7 +268,7 @@ def _print_report(table, title: str) -> None:
 
 @app.command()
 def prune(
-    checkpoint: Path = typer.Option(..., help="Trained run directory (its checkpoint.pt) or a .pt file."),
+    checkpoint: Source = ...,
     out: Path = typer.Option(..., "--out", help="Run directory to create for the pruned model."),
     ratio: float = typer.Option(0.5, help="Fraction of each conv layer's channels to remove, in (0, 1)."),
     importance: str = typer.Option("l1", help="l1|l2|bn-scale|taylor|random|separation."),
@@ -318,6 +327,89 @@ def prune(
             ("written", f"{out}/ (checkpoint.pt, pruned.pt, report.md, report.csv, widths.csv, curves.png)"),
         ],
     )
+
+
+def _finetune_config(epochs: int, lr: float, seed: int, device: str):
+    from compresskit.train import TrainConfig
+
+    return TrainConfig(epochs=epochs, lr=lr, schedule="cosine", seed=seed, device=device)
+
+
+@app.command()
+def lowrank(
+    checkpoint: Source = ...,
+    out: Path = typer.Option(..., "--out", help="Run directory to create for the factorized model."),
+    energy: float | None = typer.Option(None, help="Keep this fraction of Σσ² per layer, in (0, 1]."),
+    rank_ratio: float | None = typer.Option(None, help="Rank = this fraction of full rank, in (0, 1]."),
+    layers: str = typer.Option("all", help="all, or a comma list such as block5,block6,fc1."),
+    finetune_epochs: FinetuneEpochs = 10,
+    lr: FinetuneLr = 0.01,
+    seed: Seed = 0,
+    device: Device = "auto",
+    data_dir: RunDataDir = None,
+    download: Download = True,
+    bench_seconds: BenchSeconds = 1.0,
+    threads: Threads = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> None:
+    """Truncated-SVD factorization of conv and linear layers, then fine-tuning and a report."""
+    from compresskit.compress.jobs import lowrank_run
+    from compresskit.compress.lowrank import LowRankConfig
+    from compresskit.progress import Progress
+
+    with user_errors():
+        if energy is None and rank_ratio is None:
+            energy = 0.9
+        result = lowrank_run(
+            checkpoint, out, LowRankConfig(rank_ratio=rank_ratio, energy=energy, layers=layers),
+            _finetune_config(finetune_epochs, lr, seed, device),
+            data_dir=str(data_dir) if data_dir is not None else None, download=download,
+            bench_seconds=bench_seconds, threads=threads, overwrite=overwrite,
+            progress=Progress(enabled=not quiet),
+        )  # fmt: skip
+    _print_report(result["table"], f"factorized {escape(str(checkpoint))} → {escape(str(out))}")
+    written = f"{out}/ (checkpoint.pt, factorized.pt, ranks.csv, report.md, report.csv)"
+    _print_table("low-rank", [("written", written)])
+
+
+@app.command()
+def depth(
+    checkpoint: Source = ...,
+    out: Path = typer.Option(..., "--out", help="Run directory to create for the shallower model."),
+    min_gain: float = typer.Option(0.01, help="Keep blocks up to the last whose test-CSI gain exceeds this."),
+    keep_blocks: int | None = typer.Option(None, help="Keep exactly this many conv blocks instead."),
+    samples: int = typer.Option(1000, help="Class-balanced test images for the CSI per block."),
+    finetune_epochs: FinetuneEpochs = 10,
+    lr: FinetuneLr = 0.01,
+    seed: Seed = 0,
+    device: Device = "auto",
+    data_dir: RunDataDir = None,
+    download: Download = True,
+    bench_seconds: BenchSeconds = 1.0,
+    threads: Threads = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> None:
+    """Remove the conv blocks after test CSI stops growing, attach a fresh head, fine-tune, report."""
+    from compresskit.compress.jobs import depth_run
+    from compresskit.progress import Progress
+
+    with user_errors():
+        result = depth_run(
+            checkpoint, out, _finetune_config(finetune_epochs, lr, seed, device), min_gain=min_gain,
+            keep_blocks=keep_blocks, samples=samples,
+            data_dir=str(data_dir) if data_dir is not None else None, download=download,
+            bench_seconds=bench_seconds, threads=threads, overwrite=overwrite,
+            progress=Progress(enabled=not quiet),
+        )  # fmt: skip
+    view = Table(box=box.SIMPLE_HEAD, title="test CSI per block", title_justify="left")
+    for column in ("block", "test CSI", "gain", "kept"):
+        view.add_column(column, justify="left" if column == "block" else "right")
+    for row in result["depth"].itertuples():
+        view.add_row(row.block, f"{row.csi_test:.3f}", f"{row.gain:+.3f}", "yes" if row.kept else "removed")
+    console.print(view)
+    _print_report(result["table"], f"shortened {escape(str(checkpoint))} → {escape(str(out))}")
 
 
 @app.command()

@@ -39,6 +39,9 @@ class ModelSpec:
     layers: conv output channels in order, with "M" for each 2×2 max-pool.
     head: "linear" (features → classes) or "mlp" (features → head_width → classes, ReLU between).
     global_pool: average the last feature map to 1×1 before the head instead of flattening it.
+    conv_ranks: one entry per conv layer, None (a plain 3×3 conv) or a rank r (a `FactorizedConv2d`:
+        3×3 conv to r channels, then 1×1 conv to the layer's width); None for no factorization.
+    linear_ranks: the same for the head's linear layers (a `FactorizedLinear` of rank r).
     """
 
     name: str
@@ -51,6 +54,8 @@ class ModelSpec:
     head_width: int = 512
     dropout: float = 0.0
     global_pool: bool = False
+    conv_ranks: list[int | None] | None = None
+    linear_ranks: list[int | None] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,6 +82,16 @@ class ModelSpec:
             raise CompresskitError(f"--head '{self.head}' is not known; choose one of: {', '.join(HEADS)}.")
         if not 0.0 <= self.dropout < 1.0:
             raise CompresskitError(f"--dropout {self.dropout} is outside the allowed range [0, 1).")
+        for field_name, ranks, count in (
+            ("conv_ranks", self.conv_ranks, len(convs)),
+            ("linear_ranks", self.linear_ranks, 2 if self.head == "mlp" else 1),
+        ):
+            if ranks is None:
+                continue
+            if not isinstance(ranks, list) or len(ranks) != count:
+                raise CompresskitError(f"the model spec's {field_name} must list {count} ranks (or nulls).")
+            if any(r is not None and not _positive_int(r) for r in ranks):
+                raise CompresskitError(f"every rank in the model spec's {field_name} must be positive.")
         if self.input_size >> self.layers.count(POOL) < 1:
             raise CompresskitError(
                 f"{self.layers.count(POOL)} max-pools shrink a {self.input_size}-pixel input to nothing."
@@ -90,6 +105,10 @@ class ModelSpec:
         """Shape (C, H, W) of the last feature map, before the head."""
         side = self.input_size >> self.layers.count(POOL)
         return self.conv_widths[-1], side, side
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def make_spec(
@@ -128,9 +147,54 @@ def make_spec(
     return spec
 
 
-def conv_block(in_channels: int, out_channels: int, batch_norm: bool) -> nn.Sequential:
-    """Conv 3×3 (padding 1) → [BatchNorm] → ReLU. The conv has no bias when BN follows it."""
-    conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=not batch_norm)
+class FactorizedConv2d(nn.Module):
+    """A rank-r stand-in for a 3×3 conv (padding 1): ``reduce`` (3×3, in → r channels, no bias)
+    then ``expand`` (1×1, r → out channels, with the original bias). MACs per output pixel:
+    r·in·9 + out·r instead of out·in·9."""
+
+    def __init__(self, in_channels: int, out_channels: int, rank: int, bias: bool = True) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels, self.rank = in_channels, out_channels, rank
+        self.reduce = nn.Conv2d(in_channels, rank, 3, padding=1, bias=False)
+        self.expand = nn.Conv2d(rank, out_channels, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.expand(self.reduce(x))
+
+
+class FactorizedLinear(nn.Module):
+    """A rank-r stand-in for a linear layer: ``reduce`` (in → r, no bias) then ``expand`` (r → out,
+    with the original bias)."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.reduce = nn.Linear(in_features, rank, bias=False)
+        self.expand = nn.Linear(rank, out_features, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.expand(self.reduce(x))
+
+
+FACTORIZED = (FactorizedConv2d, FactorizedLinear)
+
+
+def _linear(in_features: int, out_features: int, rank: int | None) -> nn.Module:
+    if rank is None:
+        return nn.Linear(in_features, out_features)
+    return FactorizedLinear(in_features, out_features, rank)
+
+
+def conv_block(
+    in_channels: int, out_channels: int, batch_norm: bool, rank: int | None = None
+) -> nn.Sequential:
+    """Conv 3×3 (padding 1) → [BatchNorm] → ReLU. The conv has no bias when BN follows it; with a
+    `rank` it is a `FactorizedConv2d`."""
+    conv: nn.Module
+    if rank is None:
+        conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=not batch_norm)
+    else:
+        conv = FactorizedConv2d(in_channels, out_channels, rank, bias=not batch_norm)
     parts: list[nn.Module] = [conv]
     if batch_norm:
         parts.append(nn.BatchNorm2d(out_channels))
@@ -147,11 +211,13 @@ class ConvNet(nn.Module):
         self.spec = spec
         blocks: list[nn.Module] = []
         channels = spec.in_channels
+        conv_ranks = iter(spec.conv_ranks or [None] * len(spec.conv_widths))
+        linear_ranks = list(spec.linear_ranks or [None, None])
         for item in spec.layers:
             if item == POOL:
                 blocks.append(nn.MaxPool2d(2))
             else:
-                blocks.append(conv_block(channels, int(item), spec.batch_norm))
+                blocks.append(conv_block(channels, int(item), spec.batch_norm, next(conv_ranks)))
                 channels = int(item)
         self.features = nn.Sequential(*blocks)
         c, h, w = spec.feature_shape()
@@ -161,14 +227,14 @@ class ConvNet(nn.Module):
             h = w = 1
         head.append(nn.Flatten())
         if spec.head == "mlp":
-            head += [nn.Linear(c * h * w, spec.head_width), nn.ReLU(inplace=True)]
+            head += [_linear(c * h * w, spec.head_width, linear_ranks[0]), nn.ReLU(inplace=True)]
             if spec.dropout:
                 head.append(nn.Dropout(spec.dropout))
-            head.append(nn.Linear(spec.head_width, spec.num_classes))
+            head.append(_linear(spec.head_width, spec.num_classes, linear_ranks[1]))
         else:
             if spec.dropout:
                 head.append(nn.Dropout(spec.dropout))
-            head.append(nn.Linear(c * h * w, spec.num_classes))
+            head.append(_linear(c * h * w, spec.num_classes, linear_ranks[0]))
         self.head = nn.Sequential(*head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -490,3 +490,66 @@ def test_sensitivity_bad_ratios(trained_run):
     _check_one_line_error(result, "--ratios")
     result = invoke("sensitivity", "--checkpoint", trained_run[0], "--ratios", "half")
     _check_one_line_error(result, "--ratios 'half'")
+
+
+# ----------------------------------------------------------------------------- lowrank, depth, lineage
+
+
+def test_depth_then_prune_then_lowrank_compose_and_carry_their_lineage(trained_run, tmp_path):
+    run = trained_run[0]
+    fast = ["--finetune-epochs", "1", "--bench-seconds", "0.05", "--quiet"]
+    shallow, pruned, factored = tmp_path / "depth", tmp_path / "prune", tmp_path / "lowrank"
+    result = invoke("depth", "--from", run, "--out", shallow, "--keep-blocks", "2", "--samples", "40", *fast)
+    assert result.exit_code == 0, result.output
+    depth_table = pd.read_csv(shallow / "depth.csv")
+    assert depth_table["kept"].tolist() == [True, True, False]
+    assert load_checkpoint(shallow).spec.conv_widths == [16, 32]
+    result = invoke("prune", "--from", shallow, "--out", pruned, "--ratio", "0.5", *fast)
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(pruned).spec.conv_widths == [8, 16]
+    result = invoke("lowrank", "--from", pruned, "--out", factored, "--rank-ratio", "0.3", *fast)
+    assert result.exit_code == 0, result.output
+    final = load_checkpoint(factored)
+    assert final.spec.conv_widths == [8, 16]
+    ranks = pd.read_csv(factored / "ranks.csv")
+    assert set(ranks["action"]) <= {"factorized", "kept: no MAC saving"}
+    factorized = ranks[ranks["action"] == "factorized"]
+    assert len(factorized) >= 1
+    assert final.spec.conv_ranks is not None or final.spec.linear_ranks is not None
+    lineage = final.meta["lineage"]
+    assert len(lineage) == 4
+    assert lineage[0].startswith("train cnn_bn")
+    assert lineage[1].startswith("depth 2 blocks")
+    assert lineage[2].startswith("prune l1 0.5")
+    assert lineage[3].startswith("lowrank rank ratio 0.3")
+    report = pd.read_csv(factored / "report.csv")
+    assert report["lineage"].iloc[2] == " → ".join(lineage)
+    assert report["lineage"].iloc[0] == " → ".join(lineage[:3])
+    compare = invoke("report", run, shallow, pruned, factored, "--out", tmp_path / "cmp",
+                     "--bench-seconds", "0.05", "--quiet")  # fmt: skip
+    assert compare.exit_code == 0, compare.output
+    table = pd.read_csv(tmp_path / "cmp" / "report.csv")
+    assert table["lineage"].tolist() == [
+        f"train cnn_bn ({run.name})", *(" → ".join(lineage[:i]) for i in (2, 3, 4))
+    ]
+    assert table["macs"].is_monotonic_decreasing
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "fragment"),
+    [
+        ("lowrank", ["--energy", "1.5"], "--energy 1.5"),
+        ("lowrank", ["--rank-ratio", "0"], "--rank-ratio 0.0"),
+        ("lowrank", ["--energy", "0.9", "--rank-ratio", "0.5"], "exactly one"),
+        ("lowrank", ["--layers", "block1,block9"], "block9"),
+        ("depth", ["--keep-blocks", "0"], "--keep-blocks 0"),
+        ("depth", ["--keep-blocks", "7"], "--keep-blocks 7"),
+        ("depth", ["--min-gain", "2"], "would remove every block"),
+    ],
+)
+def test_lowrank_and_depth_bad_input(trained_run, tmp_path, command, args, fragment):
+    extra = ["--samples", "40"] if command == "depth" else []
+    out = tmp_path / "c"
+    result = invoke(command, "--checkpoint", trained_run[0], "--out", out, "--quiet", *extra, *args)
+    _check_one_line_error(result, fragment)
+    _no_run_left(tmp_path, "c")

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from compresskit.analysis.layers import block_csi
 from compresskit.checkpoint import load_checkpoint, save_checkpoint
 from compresskit.compress import (
     ChannelPruner,
@@ -19,7 +20,7 @@ from compresskit.compress import (
     fisher_ratio,
     prune_copy,
 )
-from compresskit.compress.prune import conv_macs, layer_csi
+from compresskit.compress.prune import conv_macs
 from compresskit.errors import CompresskitError
 from compresskit.measure import count_macs
 from compresskit.models import ModelSpec, build_model, make_spec
@@ -171,10 +172,10 @@ def test_conv_macs_by_hand():
     assert conv_macs([4, "M", 8], in_channels=3, input_size=8) == 8 * 8 * 9 * 3 * 4 + 4 * 4 * 9 * 4 * 8
 
 
-def test_layer_csi_reads_every_block():
+def test_block_csi_reads_every_block():
     model, spec = vgg(width=0.125)
     x, y = torch.randn(20, 3, 32, 32), torch.arange(10).repeat(2)
-    csi, pixels = layer_csi(model, [(x[:10], y[:10]), (x[10:], y[10:])])
+    csi, pixels = block_csi(model, [(x[:10], y[:10]), (x[10:], y[10:])])
     assert len(csi) == len(spec.conv_widths)
     assert all(0 <= c <= 1 for c in [*csi, pixels])
 

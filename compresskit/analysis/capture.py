@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from compresskit.models import FACTORIZED, FactorizedConv2d, FactorizedLinear
+
 LAYER_PRESETS = ("blocks", "pools", "all")
 
 
@@ -40,16 +42,23 @@ class Layer:
     module: nn.Module
 
 
+_CONVS = (nn.Conv2d, FactorizedConv2d)
+
+
 def _is_conv_block(module: nn.Module) -> bool:
-    return any(isinstance(child, nn.Conv2d) for child in module.children())
+    return not isinstance(module, FACTORIZED) and any(isinstance(c, _CONVS) for c in module.children())
 
 
-def _kind(path: str, module: nn.Module, inside_block: bool) -> str | None:
-    if isinstance(module, nn.Linear):
+def _kind(module: nn.Module, inside: bool) -> str | None:
+    """block, pool or fc; None for other modules and for anything inside a block or a factorized
+    layer (a factorized layer counts as the one layer it replaces)."""
+    if inside:
+        return None
+    if isinstance(module, (nn.Linear, FactorizedLinear)):
         return "fc"
     if isinstance(module, nn.MaxPool2d):
         return "pool"
-    if _is_conv_block(module) or (isinstance(module, nn.Conv2d) and not inside_block):
+    if _is_conv_block(module) or isinstance(module, _CONVS):
         return "block"
     return None
 
@@ -59,14 +68,14 @@ def named_layers(model: nn.Module) -> list[tuple[str, str, nn.Module, str | None
     or None. The root module itself is left out."""
     rows: list[tuple[str, str, nn.Module, str | None]] = []
     counters = {"block": 0, "pool": 0, "fc": 0}
-    block_paths: list[str] = []
+    enclosing: list[str] = []  # paths of blocks and factorized layers
     for path, module in model.named_modules():
         if not path:
             continue
-        inside = any(path.startswith(p + ".") for p in block_paths)
-        kind = _kind(path, module, inside)
-        if kind == "block":
-            block_paths.append(path)
+        inside = any(path.startswith(p + ".") for p in enclosing)
+        kind = _kind(module, inside)
+        if kind is not None or isinstance(module, FACTORIZED):
+            enclosing.append(path)
         if kind is not None:
             counters[kind] += 1
             rows.append((f"{kind}{counters[kind]}", path, module, kind))

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from compresskit.analysis.capture import Layer, iterate_layer_outputs
+from compresskit.analysis.capture import Layer, iterate_layer_outputs, select_layers
 from compresskit.analysis.probes import linear_probe, pool_features
 from compresskit.analysis.separation import StreamingCenterSeparation, separation_index
 from compresskit.data import Loader
@@ -150,3 +150,23 @@ def layer_table(
             rows.append(row)
             advance()
     return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+
+
+def block_csi(
+    model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[list[float], float]:
+    """CSI of every conv block's output on `batches` (in model order), and of the input images."""
+    layers = [layer for layer in select_layers(model, "blocks") if layer.name.startswith("block")]
+    streams = {layer.name: StreamingCenterSeparation() for layer in layers}
+    pixels = StreamingCenterSeparation()
+    for outputs, y in iterate_layer_outputs(model, iter(batches), layers):
+        for name, value in outputs.items():
+            streams[name].add(value, y)
+    for x, y in batches:
+        pixels.add(x, y)
+    for outputs, y in iterate_layer_outputs(model, iter(batches), layers):
+        for name, value in outputs.items():
+            streams[name].score(value, y)
+    for x, y in batches:
+        pixels.score(x, y)
+    return [streams[layer.name].value() for layer in layers], pixels.value()

@@ -11,24 +11,29 @@ All of them are ordinary compresskit files: the checkpoints reload without torch
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
 
-from compresskit.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from compresskit.analysis.layers import block_csi
+from compresskit.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, save_checkpoint
+from compresskit.compress.depth import choose_depth, truncate
+from compresskit.compress.lowrank import LowRankConfig, factorize
 from compresskit.compress.prune import (
     ChannelPruner,
     PruneConfig,
     as_batches,
     csi_allocation,
-    layer_csi,
     prune_copy,
     rebuild,
 )
-from compresskit.data import Augmentation, Loader, balanced_subset, default_augmentation
+from compresskit.data import Augmentation, ImageDataset, Loader, balanced_subset, default_augmentation
 from compresskit.errors import CompresskitError
 from compresskit.measure import measure_model
 from compresskit.models import ConvNet, ModelSpec, count_parameters
@@ -65,12 +70,192 @@ def _measure_row(
     path: Path | None,
     bench_seconds: float,
     threads: int | None = None,
+    lineage: Sequence[str] = (),
 ) -> dict:
     measured = measure_model(
         model, _input_shape(spec), batch_sizes=(1, 128), device=next(model.parameters()).device,
         checkpoint_path=path, min_run_time=bench_seconds, threads=threads,
     )  # fmt: skip
-    return {"model": name, **measured.to_row(), "test_acc": test_acc}
+    return {"model": name, **measured.to_row(), "test_acc": test_acc, "lineage": " → ".join(lineage)}
+
+
+def lineage_of(ckpt: Checkpoint) -> list[str]:
+    """The steps that made a checkpoint, oldest first (``train vgg11_bn (run)``, ``prune …``, …)."""
+    recorded = ckpt.meta.get("lineage")
+    if isinstance(recorded, list) and all(isinstance(step, str) for step in recorded):
+        return list(recorded)
+    return [f"train {ckpt.spec.name} ({ckpt.path.parent.name})"]
+
+
+@dataclass
+class CompressionJob:
+    """What every compression command shares: the source checkpoint and its model, data loaders
+    rebuilt from the source run's own split and augmentation, and the measuring settings."""
+
+    ckpt: Checkpoint
+    model: ConvNet
+    data: ImageDataset
+    train: Loader
+    val: Loader | None
+    test: Loader
+    device: torch.device
+    finetune: TrainConfig
+    original_run: dict
+    original_acc: float
+    bench_seconds: float
+    threads: int | None
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.ckpt.spec
+
+    def calibration(self, samples: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A class-balanced subset of the training images the source was fitted on, unaugmented."""
+        fitted = _fitted_train_indices(self.ckpt.path.parent, self.data)
+        pick = fitted[balanced_subset(self.data.train.labels[fitted], samples, self.finetune.seed)]
+        loader = Loader(self.data.train.subset(pick), 256, mean=self.data.mean, std=self.data.std,
+                        device=self.device)  # fmt: skip
+        return as_batches(loader)
+
+    def test_batches(self, samples: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A class-balanced subset of the test images, unaugmented."""
+        pick = balanced_subset(self.data.test.labels, samples, self.finetune.seed)
+        loader = Loader(self.data.test.subset(pick), 256, mean=self.data.mean, std=self.data.std,
+                        device=self.device)  # fmt: skip
+        return as_batches(loader)
+
+    def accuracy(self, model: ConvNet) -> float:
+        return evaluate(model, self.test, self.device)[1]
+
+    def fine_tune(self, model: ConvNet, epochs: int, progress: Progress, **extra) -> tuple[list[dict], Any]:
+        """Train `model` in place for `epochs` with the job's settings; (history rows, FitResult)."""
+        if not epochs:
+            return [], None
+        cfg = TrainConfig(**{**self.finetune.to_dict(), "epochs": epochs})
+        result = fit(model, self.train, self.val, cfg, progress=progress)
+        return [{**row, **extra} for row in result.history], result
+
+
+def open_job(
+    checkpoint: str | Path,
+    out: Path,
+    finetune: TrainConfig,
+    *,
+    data_dir: str | None,
+    download: bool,
+    bench_seconds: float,
+    threads: int | None,
+    overwrite: bool,
+) -> CompressionJob:
+    """Validate the shared flags, load the source checkpoint and its data; nothing is written."""
+    if finetune.epochs < 0:
+        raise CompresskitError(f"--finetune-epochs {finetune.epochs} must be 0 or more.")
+    if bench_seconds <= 0:
+        raise CompresskitError(f"--bench-seconds {bench_seconds} must be positive.")
+    if threads is not None and threads < 1:
+        raise CompresskitError(f"--threads {threads} must be a positive integer.")
+    ckpt = load_checkpoint(checkpoint)
+    if out.resolve() == ckpt.path.parent.resolve():
+        raise CompresskitError(f"--out {out} is the source run itself; choose a new directory.")
+    original_run = _run_config(ckpt.path.parent)
+    data_cfg = original_run.get("data", {})
+    if "original_run" in original_run:  # the source is itself a compressed run
+        data_cfg = original_run["original_run"].get("data", {})
+    val_fraction = float(data_cfg.get("val_fraction", 0.1))
+    finetune.validate(has_validation=val_fraction > 0)
+    device = resolve_device(finetune.device)
+    check_output_dir(out, overwrite=overwrite)
+    data = checkpoint_dataset(ckpt, data_dir, download=download)
+    augment_text = data_cfg.get("augment")
+    augment = Augmentation.parse(augment_text) if augment_text else default_augmentation(data.name)
+    train, val, test = make_loaders(
+        data, val_fraction=val_fraction, augment=augment, batch_size=finetune.batch_size,
+        seed=finetune.seed, device=device,
+    )  # fmt: skip
+    model = ckpt.build(device)
+    original_acc = evaluate(model, test, device)[1]
+    return CompressionJob(ckpt, model, data, train, val, test, device, finetune,
+                          original_run.get("original_run", original_run), original_acc, bench_seconds,
+                          threads)  # fmt: skip
+
+
+def finish_job(
+    job: CompressionJob,
+    stage: Path,
+    out: Path,
+    *,
+    label: str,
+    step: str,
+    compressed: tuple[ConvNet, ModelSpec],
+    final: ConvNet,
+    history: list[dict],
+    best,
+    config: dict,
+    notes: Sequence[str],
+    progress: Progress,
+) -> dict:
+    """Write what every compressed run directory holds: ``<label>.pt`` (right after compression),
+    ``checkpoint.pt`` (best fine-tuned epoch), ``last.pt``, ``history.csv``, ``curves.png``,
+    ``report.csv``/``report.md`` (original / compressed / fine-tuned), ``config.json``,
+    ``summary.json``. `final` is the fine-tuned model (trained in place); returns the summary."""
+    spec = job.spec
+    lineage = [*lineage_of(job.ckpt), step]
+    meta = {**job.ckpt.meta, "compressed_from": str(job.ckpt.path), "lineage": lineage}
+    compressed_model, compressed_spec = compressed
+    compressed_acc = job.accuracy(compressed_model)
+    compressed_meta = {**meta, "test_acc": compressed_acc}
+    save_checkpoint(stage / f"{label}.pt", compressed_spec, compressed_model, compressed_meta)
+    final_spec = compressed_spec
+    extra_columns = [c for c in (history[0] if history else {}) if c not in HISTORY_COLUMNS]
+    history_table = pd.DataFrame(history, columns=[*HISTORY_COLUMNS, *extra_columns])
+    history_table.to_csv(stage / "history.csv", index=False)
+    save_checkpoint(stage / "last.pt", final_spec, final, {**meta, "test_acc": job.accuracy(final)})
+    if best is not None:
+        final.load_state_dict(best.best_state)
+    final_acc = job.accuracy(final)
+    save_checkpoint(stage / CHECKPOINT_NAME, final_spec, final, {
+        **meta, "test_acc": final_acc, "epoch": best.best_epoch if best else 0,
+        "val_acc": best.best_val_acc if best else None,
+    })  # fmt: skip
+    if len(history_table):
+        plot_training_curves(history_table, stage / "curves.png", title=f"fine-tuning {label} {spec.name}")
+    progress.log("measuring parameters, MACs, size and latency of the three models")
+    compared = [
+        ("original", job.model, spec, job.original_acc, job.ckpt.path, lineage[:-1]),
+        (label, compressed_model, compressed_spec, compressed_acc, stage / f"{label}.pt", lineage),
+        (f"{label}+fine-tuned", final, final_spec, final_acc, stage / CHECKPOINT_NAME, lineage),
+    ]
+    rows = [
+        _measure_row(name, model, s, acc, path, job.bench_seconds, job.threads, steps)
+        for name, model, s, acc, path, steps in compared
+    ]
+    table = comparison_table(rows)
+    notes = [
+        f"{' → '.join(lineage)}; fine-tuned {job.finetune.epochs} epochs",
+        *notes,
+        "MACs: torch-pruning's counter, one image; latency: median of torch.utils.benchmark runs on "
+        f"{rows[0]['device']} with {rows[0]['threads']} threads; test_acc: full test split",
+    ]
+    write_report(table, stage, f"{step} of {spec.name}", notes)
+    write_json(stage / "config.json", {
+        "compressed_from": str(job.ckpt.path), "lineage": lineage, "original_run": job.original_run,
+        **config, "finetune": job.finetune.to_dict(), "device": str(job.device),
+    })  # fmt: skip
+    summary = {
+        "run": str(out),
+        "lineage": lineage,
+        "original_test_acc": job.original_acc,
+        f"{label}_test_acc": compressed_acc,
+        "test_acc": final_acc,
+        "original_parameters": count_parameters(job.model),
+        "parameters": count_parameters(final),
+        "conv_widths": final_spec.conv_widths,
+        "macs_reduction": float(table["macs_reduction"].iloc[-1]),
+        "latency_reduction_b1": float(table["latency_reduction_b1"].iloc[-1]),
+        "latency_reduction_b128": float(table["latency_reduction_b128"].iloc[-1]),
+    }
+    write_json(stage / "summary.json", summary)
+    return {**summary, "table": table}
 
 
 def prune_run(
@@ -89,143 +274,166 @@ def prune_run(
 ) -> dict:
     """Prune the model of `checkpoint` by `cfg`, fine-tune it with `finetune` (``epochs`` is the total
     fine-tuning budget, split evenly over ``cfg.steps`` steps, the remainder going to the last),
-    and write the pruned run directory `out`. Returns the summary dict (with the report table)."""
+    and write the pruned run directory `out` (see `finish_job`, plus ``widths.csv``). Returns the
+    summary dict with the report table."""
     progress = progress or Progress(enabled=False)
+    out = Path(out)
     cfg.validate()
-    if finetune.epochs < 0:
-        raise CompresskitError(f"--finetune-epochs {finetune.epochs} must be 0 or more.")
     if calibration_samples < 0:
         raise CompresskitError(f"--calibration-samples {calibration_samples} must be 0 or more.")
     needs_data = cfg.importance in ("taylor", "separation") or cfg.allocate == "csi"
     if needs_data and calibration_samples == 0:
         what = f"--importance {cfg.importance}" if cfg.allocate != "csi" else "--allocate csi"
         raise CompresskitError(f"{what} needs calibration data, but --calibration-samples is 0.")
-    if bench_seconds <= 0:
-        raise CompresskitError(f"--bench-seconds {bench_seconds} must be positive.")
-    if threads is not None and threads < 1:
-        raise CompresskitError(f"--threads {threads} must be a positive integer.")
-    ckpt = load_checkpoint(checkpoint)
-    out = Path(out)
-    if out.resolve() == ckpt.path.parent.resolve():
-        raise CompresskitError(f"--out {out} is the run being pruned; choose a new directory.")
-    original_run = _run_config(ckpt.path.parent)
-    data_cfg = original_run.get("data", {})
-    val_fraction = float(data_cfg.get("val_fraction", 0.1))
-    finetune.validate(has_validation=val_fraction > 0)
-    device = resolve_device(finetune.device)
-    check_output_dir(out, overwrite=overwrite)
-    data = checkpoint_dataset(ckpt, data_dir, download=download)
-    augment_text = data_cfg.get("augment")
-    augment = Augmentation.parse(augment_text) if augment_text else default_augmentation(data.name)
-    train_loader, val_loader, test_loader = make_loaders(
-        data, val_fraction=val_fraction, augment=augment, batch_size=finetune.batch_size,
-        seed=finetune.seed, device=device,
-    )  # fmt: skip
-    model = ckpt.build(device)
-    spec = ckpt.spec
-    batches = None
-    if calibration_samples:
-        fitted = _fitted_train_indices(ckpt.path.parent, data)
-        pick = fitted[balanced_subset(data.train.labels[fitted], calibration_samples, finetune.seed)]
-        calibration = Loader(data.train.subset(pick), 256, mean=data.mean, std=data.std, device=device)
-        batches = as_batches(calibration)
+    job = open_job(checkpoint, out, finetune, data_dir=data_dir, download=download,
+                   bench_seconds=bench_seconds, threads=threads, overwrite=overwrite)  # fmt: skip
+    spec = job.spec
+    batches = job.calibration(calibration_samples) if calibration_samples else None
     layer_ratios = None
     if cfg.allocate == "csi":
         assert batches is not None
-        csi, input_csi = layer_csi(model, batches)
+        csi, input_csi = block_csi(job.model, batches)
         layer_ratios = csi_allocation(
             spec, csi, input_csi, cfg.ratio, max_layer_ratio=cfg.max_layer_ratio, round_to=cfg.round_to
         )
         progress.log("per-layer ratios from CSI gains: " + ", ".join(f"{r:.2f}" for r in layer_ratios))
-
-    _, original_acc = evaluate(model, test_loader, device)
-    work = ckpt.build(device)
-    example = torch.zeros(1, *_input_shape(spec), device=device)
+    work = job.ckpt.build(job.device)
+    example = torch.zeros(1, *_input_shape(spec), device=job.device)
     pruner = ChannelPruner(work, cfg, example, batches, layer_ratios=layer_ratios)
     epochs_per_step = [finetune.epochs // cfg.steps] * cfg.steps
     epochs_per_step[-1] += finetune.epochs - sum(epochs_per_step)
     history: list[dict] = []
     best = None
-    meta = {**ckpt.meta, "pruned_from": str(ckpt.path), "prune": cfg.to_dict()}
     with staged_directory(out, overwrite=overwrite) as stage:
         for step, epochs in enumerate(epochs_per_step, start=1):
             widths = pruner.step()
             progress.log(f"pruning step {step}/{cfg.steps}: conv widths {widths}")
             if step == cfg.steps:
-                pruned_model, pruned_spec_ = rebuild(work, spec)
-                _, pruned_acc = evaluate(pruned_model, test_loader, device)
-                pruned_meta = {**meta, "test_acc": pruned_acc}
-                save_checkpoint(stage / "pruned.pt", pruned_spec_, pruned_model, pruned_meta)
-            if epochs:
-                step_cfg = TrainConfig(**{**finetune.to_dict(), "epochs": epochs})
-                result = fit(work, train_loader, val_loader, step_cfg, progress=progress)
-                offset = len(history)
-                history += [{**row, "epoch": row["epoch"] + offset, "step": step} for row in result.history]
-                if step == cfg.steps:
-                    best = result
-        final_model, final_spec = rebuild(work, spec)
-        history_table = pd.DataFrame(history, columns=[*HISTORY_COLUMNS, "step"])
-        history_table.to_csv(stage / "history.csv", index=False)
-        _, last_acc = evaluate(final_model, test_loader, device)
-        save_checkpoint(stage / "last.pt", final_spec, final_model, {**meta, "test_acc": last_acc})
-        if best is not None and best.best_state is not None:
-            final_model.load_state_dict(best.best_state)
-        _, final_acc = evaluate(final_model, test_loader, device)
-        save_checkpoint(stage / CHECKPOINT_NAME, final_spec, final_model, {
-            **meta, "test_acc": final_acc, "epoch": best.best_epoch if best else 0,
-            "val_acc": best.best_val_acc if best else None,
+                compressed = rebuild(work, spec)
+            rows, result = job.fine_tune(work, epochs, progress, step=step)
+            history += [{**row, "epoch": row["epoch"] + len(history)} for row in rows]
+            if step == cfg.steps:
+                best = result
+        final, final_spec = rebuild(work, spec)
+        widths_table = pd.DataFrame({
+            "layer": [f"block{i}" for i in range(1, len(spec.conv_widths) + 1)],
+            "original": spec.conv_widths, "pruned": final_spec.conv_widths,
         })  # fmt: skip
-        if len(history_table):
-            plot_training_curves(history_table, stage / "curves.png", title=f"fine-tuning pruned {spec.name}")
-        widths_table = pd.DataFrame(
-            {
-                "layer": [f"block{i}" for i in range(1, len(spec.conv_widths) + 1)],
-                "original": spec.conv_widths,
-                "pruned": final_spec.conv_widths,
-            }
-        )
         widths_table["kept"] = widths_table["pruned"] / widths_table["original"]
         widths_table.to_csv(stage / "widths.csv", index=False)
-        progress.log("measuring parameters, MACs, size and latency of the three models")
-        compared = [
-            ("original", model, spec, original_acc, ckpt.path),
-            ("pruned", pruned_model, pruned_spec_, pruned_acc, stage / "pruned.pt"),
-            ("pruned+fine-tuned", final_model, final_spec, final_acc, stage / CHECKPOINT_NAME),
-        ]
-        rows = [_measure_row(*entry, bench_seconds, threads) for entry in compared]
-        table = comparison_table(rows)
-        notes = [
-            f"pruned from {ckpt.path}: --ratio {cfg.ratio} --importance {cfg.importance} --scope {cfg.scope} "
-            f"--allocate {cfg.allocate} --steps {cfg.steps}; fine-tuned {finetune.epochs} epochs",
-            f"conv widths {spec.conv_widths} → {final_spec.conv_widths}",
-            "MACs: torch-pruning's counter, one 32×32 image; latency: median of torch.utils.benchmark "
-            f"runs on {rows[0]['device']} with {rows[0]['threads']} threads; test_acc: full test split",
-        ]
-        write_report(table, stage, f"pruning {spec.name}", notes)
-        config = {
-            "pruned_from": str(ckpt.path),
-            "original_run": original_run,
-            "prune": cfg.to_dict(),
-            "layer_ratios": layer_ratios,
-            "finetune": finetune.to_dict(),
-            "calibration_samples": calibration_samples,
-            "device": str(device),
-        }
-        write_json(stage / "config.json", config)
-        summary = {
-            "run": str(out),
-            "original_test_acc": original_acc,
-            "pruned_test_acc": pruned_acc,
-            "test_acc": final_acc,
-            "original_parameters": count_parameters(model),
-            "parameters": count_parameters(final_model),
-            "conv_widths": final_spec.conv_widths,
-            "macs_reduction": float(table["macs_reduction"].iloc[-1]),
-            "latency_reduction_b1": float(table["latency_reduction_b1"].iloc[-1]),
-            "latency_reduction_b128": float(table["latency_reduction_b128"].iloc[-1]),
-        }
-        write_json(stage / "summary.json", summary)
-    return {**summary, "table": table}
+        step_name = (
+            f"prune {cfg.importance} {cfg.ratio:g} ({cfg.scope}, allocate {cfg.allocate}, steps {cfg.steps})"
+        )
+        return finish_job(
+            job, stage, out, label="pruned", step=step_name, compressed=compressed, final=final,
+            history=history, best=best, progress=progress,
+            config={"prune": cfg.to_dict(), "layer_ratios": layer_ratios,
+                    "calibration_samples": calibration_samples},
+            notes=[f"conv widths {spec.conv_widths} → {final_spec.conv_widths}"],
+        )  # fmt: skip
+
+
+def lowrank_run(
+    checkpoint: str | Path,
+    out: str | Path,
+    cfg: LowRankConfig,
+    finetune: TrainConfig,
+    *,
+    data_dir: str | None = None,
+    download: bool = True,
+    bench_seconds: float = 1.0,
+    threads: int | None = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> dict:
+    """Factorize the chosen layers of `checkpoint` by truncated SVD (`lowrank.factorize`), fine-tune,
+    and write the run directory `out` (see `finish_job`, plus ``ranks.csv``: every layer's full
+    rank, chosen rank, kept energy, MACs before/after, and whether it was factorized)."""
+    progress = progress or Progress(enabled=False)
+    out = Path(out)
+    cfg.validate()
+    job = open_job(checkpoint, out, finetune, data_dir=data_dir, download=download,
+                   bench_seconds=bench_seconds, threads=threads, overwrite=overwrite)  # fmt: skip
+    compressed_model, compressed_spec, plans = factorize(job.model, job.spec, cfg)
+    plan_table = pd.DataFrame([asdict(plan) for plan in plans])
+    done = plan_table[plan_table["action"] == "factorized"]["layer"].tolist()
+    if not done:
+        raise CompresskitError(
+            "no layer would get cheaper at this rank, so nothing was factorized; "
+            "lower --energy or --rank-ratio."
+        )
+    left = plan_table[plan_table["action"] != "factorized"]
+    left_alone = ", ".join(f"{r.layer} ({r.action})" for r in left.itertuples()) or "none"
+    progress.log(f"factorized {', '.join(done)}; left alone: {left_alone}")
+    work = copy.deepcopy(compressed_model)
+    with staged_directory(out, overwrite=overwrite) as stage:
+        plan_table.to_csv(stage / "ranks.csv", index=False)
+        history, best = job.fine_tune(work, finetune.epochs, progress)
+        how = f"energy {cfg.energy:g}" if cfg.energy is not None else f"rank ratio {cfg.rank_ratio:g}"
+        return finish_job(
+            job, stage, out, label="factorized", step=f"lowrank {how} ({cfg.layers})",
+            compressed=(compressed_model, compressed_spec), final=work, history=history, best=best,
+            progress=progress, config={"lowrank": cfg.to_dict(), "factorized": done},
+            notes=[f"factorized: {', '.join(done)}", f"left alone: {left_alone}"],
+        )  # fmt: skip
+
+
+def depth_run(
+    checkpoint: str | Path,
+    out: str | Path,
+    finetune: TrainConfig,
+    *,
+    min_gain: float | None = 0.01,
+    keep_blocks: int | None = None,
+    samples: int = 1000,
+    data_dir: str | None = None,
+    download: bool = True,
+    bench_seconds: float = 1.0,
+    threads: int | None = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> dict:
+    """Cut `checkpoint` after the last conv block whose test-CSI gain exceeds `min_gain` (or keep
+    `keep_blocks` blocks), attach a fresh head, fine-tune, and write the run directory `out` (see
+    `finish_job`, plus ``depth.csv``: each block's test CSI, gain, and whether it was kept)."""
+    progress = progress or Progress(enabled=False)
+    out = Path(out)
+    if samples <= 0:
+        raise CompresskitError(f"--samples {samples} must be a positive integer.")
+    if keep_blocks is not None and keep_blocks < 1:
+        raise CompresskitError(f"--keep-blocks {keep_blocks} would remove every block; keep at least 1.")
+    job = open_job(checkpoint, out, finetune, data_dir=data_dir, download=download,
+                   bench_seconds=bench_seconds, threads=threads, overwrite=overwrite)  # fmt: skip
+    csi, input_csi = block_csi(job.model, job.test_batches(samples))
+    keep, gains = choose_depth(
+        csi, input_csi, min_gain=None if keep_blocks else min_gain, keep_blocks=keep_blocks
+    )
+    if keep == len(csi) and keep_blocks is None:
+        raise CompresskitError(
+            f"every block raises test CSI by more than --min-gain {min_gain}; nothing to remove "
+            "(raise --min-gain or give --keep-blocks)."
+        )
+    table = pd.DataFrame({
+        "block": [f"block{i}" for i in range(1, len(csi) + 1)], "csi_test": csi, "gain": gains,
+        "kept": [i < keep for i in range(len(csi))],
+    })  # fmt: skip
+    dropped = table[~table["kept"]].itertuples()
+    removed = ", ".join(f"{r.block} (test CSI {r.csi_test:.3f}, gain {r.gain:+.3f})" for r in dropped)
+    progress.log(f"keeping {keep} blocks; removing {removed}")
+    compressed_model, compressed_spec = truncate(job.model, job.spec, keep, seed=finetune.seed)
+    work = copy.deepcopy(compressed_model)
+    with staged_directory(out, overwrite=overwrite) as stage:
+        table.to_csv(stage / "depth.csv", index=False)
+        history, best = job.fine_tune(work, finetune.epochs, progress)
+        rule = f"keep {keep_blocks}" if keep_blocks else f"min gain {min_gain:g}"
+        result = finish_job(
+            job, stage, out, label="truncated", step=f"depth {keep} blocks ({rule})",
+            compressed=(compressed_model, compressed_spec), final=work, history=history, best=best,
+            progress=progress, config={"depth": {"min_gain": min_gain, "keep_blocks": keep_blocks,
+                                                 "samples": samples, "kept": keep}},
+            notes=[f"removed {removed}"],
+        )  # fmt: skip
+    return {**result, "depth": table}
 
 
 def sensitivity_run(
@@ -323,7 +531,8 @@ def report_run(
             name = ckpt.path.parent.name if ckpt.path.name == CHECKPOINT_NAME else ckpt.path.stem
             model = ckpt.build(torch_device)
             acc = ckpt.meta["test_acc"]
-            rows.append(_measure_row(name, model, ckpt.spec, acc, ckpt.path, bench_seconds, threads))
+            steps = lineage_of(ckpt)
+            rows.append(_measure_row(name, model, ckpt.spec, acc, ckpt.path, bench_seconds, threads, steps))
             advance()
     table = comparison_table(rows)
     with staged_directory(Path(out), overwrite=overwrite) as stage:

@@ -31,9 +31,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from compresskit.analysis import StreamingCenterSeparation, iterate_layer_outputs, select_layers
 from compresskit.errors import CompresskitError
-from compresskit.models import POOL, ConvNet, ModelSpec
+from compresskit.models import FACTORIZED, POOL, ConvNet, ModelSpec
 
 IMPORTANCES = ("l1", "l2", "bn-scale", "taylor", "random", "separation")
 NEEDS_DATA = ("taylor", "separation")
@@ -239,24 +238,6 @@ def csi_allocation(
     return ratios(high)
 
 
-def layer_csi(model: nn.Module, batches: Batches) -> tuple[list[float], float]:
-    """CSI of every conv block's output on `batches` (in model order), and of the input images."""
-    layers = [layer for layer in select_layers(model, "blocks") if layer.name.startswith("block")]
-    streams = {layer.name: StreamingCenterSeparation() for layer in layers}
-    pixels = StreamingCenterSeparation()
-    for outputs, y in iterate_layer_outputs(model, iter(batches), layers):
-        for name, value in outputs.items():
-            streams[name].add(value, y)
-    for x, y in batches:
-        pixels.add(x, y)
-    for outputs, y in iterate_layer_outputs(model, iter(batches), layers):
-        for name, value in outputs.items():
-            streams[name].score(value, y)
-    for x, y in batches:
-        pixels.score(x, y)
-    return [streams[layer.name].value() for layer in layers], pixels.value()
-
-
 # --------------------------------------------------------------------------- pruning
 
 
@@ -312,6 +293,10 @@ class ChannelPruner:
         prune_head: bool = True,
     ) -> None:
         cfg.validate()
+        if any(isinstance(m, FACTORIZED) for m in model.modules()):
+            raise CompresskitError(
+                "this model has low-rank factorized layers; prune before factorizing (prune, then lowrank)."
+            )
         if cfg.importance == "bn-scale" and not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
             raise CompresskitError("--importance bn-scale needs a model with batch norm (a *_bn model).")
         self.model, self.cfg, self.batches = model, cfg, batches

@@ -1,0 +1,223 @@
+"""Low-rank factorization by truncated SVD: each chosen conv or linear layer becomes two thinner ones.
+
+A linear layer W (out×in) ≈ U_r·S_r·V_rᵀ becomes ``reduce`` = S_r^½·V_rᵀ (r×in) followed by
+``expand`` = U_r·S_r^½ (out×r). A 3×3 conv is factorized the same way on its weight reshaped to
+out×(in·3·3): ``reduce`` is a 3×3 conv to r channels, ``expand`` a 1×1 conv back to the layer's
+width (the scheme of Zhang et al. 2015 without their nonlinear refinement). Splitting S evenly keeps
+both factors at the same scale, which suits fine-tuning. By Eckart–Young, the Frobenius error of
+the weight is √(Σ discarded σ²).
+
+The rank of each layer comes from ``rank_ratio`` (r = ⌈ratio · full rank⌉) or ``energy`` (the
+smallest r keeping that fraction of Σσ²). A layer is left alone when the factorized pair would not
+have fewer MACs than the original (r·(in·9 + out) ≥ out·in·9 for a conv, r·(in + out) ≥ in·out for
+a linear layer), and the plan says so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from compresskit.errors import CompresskitError
+from compresskit.models import ConvNet, FactorizedConv2d, FactorizedLinear, ModelSpec
+
+
+@dataclass
+class LowRankConfig:
+    """Exactly one of `rank_ratio` and `energy`, each in (0, 1]; `layers` is ``all`` or a comma list
+    of layer names (``block1``…, ``fc1``…)."""
+
+    rank_ratio: float | None = None
+    energy: float | None = None
+    layers: str = "all"
+
+    def validate(self) -> None:
+        if (self.rank_ratio is None) == (self.energy is None):
+            raise CompresskitError("give exactly one of --rank-ratio and --energy.")
+        for flag, value in (("--rank-ratio", self.rank_ratio), ("--energy", self.energy)):
+            if value is not None and not 0.0 < value <= 1.0:
+                raise CompresskitError(f"{flag} {value} is outside the allowed range (0, 1].")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LayerPlan:
+    """What happens to one layer: its name, full rank, chosen rank, the fraction of Σσ² kept, and
+    whether it is factorized (``action``: factorized, kept: no MAC saving, kept: not selected,
+    kept: already factorized)."""
+
+    layer: str
+    shape: str
+    full_rank: int
+    rank: int
+    energy_kept: float
+    macs_before: int
+    macs_after: int
+    action: str
+
+
+def rank_for_energy(singular_values: torch.Tensor, energy: float) -> int:
+    """Smallest r with Σ_{i<r} σ_i² ≥ energy · Σ σ_i² (σ sorted descending)."""
+    squared = singular_values.double() ** 2
+    kept = torch.cumsum(squared, 0) / squared.sum()
+    return int(torch.searchsorted(kept, torch.tensor(energy - 1e-12, dtype=kept.dtype)).item()) + 1
+
+
+def rank_for_ratio(full_rank: int, ratio: float) -> int:
+    return max(1, min(full_rank, math.ceil(ratio * full_rank)))
+
+
+def factorize_matrix(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Truncated SVD of weight (out×n): returns (reduce r×n, expand out×r, all singular values), with
+    expand @ reduce the best rank-r approximation of weight."""
+    u, s, vh = torch.linalg.svd(weight.double(), full_matrices=False)
+    root = s[:rank].sqrt()
+    reduce = root[:, None] * vh[:rank]
+    expand = u[:, :rank] * root[None, :]
+    return reduce.to(weight.dtype), expand.to(weight.dtype), s
+
+
+def factorize_conv(conv: nn.Conv2d, rank: int) -> FactorizedConv2d:
+    """A `FactorizedConv2d` whose weights are the rank-`rank` SVD of `conv`'s (3×3, padding 1)."""
+    out_c, in_c, kh, kw = conv.weight.shape
+    reduce, expand, _ = factorize_matrix(conv.weight.detach().reshape(out_c, in_c * kh * kw), rank)
+    layer = FactorizedConv2d(in_c, out_c, rank, bias=conv.bias is not None)
+    with torch.no_grad():
+        layer.reduce.weight.copy_(reduce.reshape(rank, in_c, kh, kw))
+        layer.expand.weight.copy_(expand.reshape(out_c, rank, 1, 1))
+        if conv.bias is not None:
+            layer.expand.bias.copy_(conv.bias)
+    return layer.to(conv.weight.device)
+
+
+def factorize_linear(linear: nn.Linear, rank: int) -> FactorizedLinear:
+    """A `FactorizedLinear` whose weights are the rank-`rank` SVD of `linear`'s."""
+    reduce, expand, _ = factorize_matrix(linear.weight.detach(), rank)
+    has_bias = linear.bias is not None
+    layer = FactorizedLinear(linear.in_features, linear.out_features, rank, bias=has_bias)
+    with torch.no_grad():
+        layer.reduce.weight.copy_(reduce)
+        layer.expand.weight.copy_(expand)
+        if linear.bias is not None:
+            layer.expand.bias.copy_(linear.bias)
+    return layer.to(linear.weight.device)
+
+
+def _layers(model: ConvNet) -> list[tuple[str, nn.Module, nn.Module, int]]:
+    """(name, parent, layer, index in parent) for every conv (block1…) and head linear (fc1…)."""
+    found = []
+    convs = 0
+    for block in model.features:
+        if isinstance(block, nn.Sequential):
+            convs += 1
+            found.append((f"block{convs}", block, block[0], 0))
+    linears = 0
+    for index, layer in enumerate(model.head):
+        if isinstance(layer, (nn.Linear, FactorizedLinear)):
+            linears += 1
+            found.append((f"fc{linears}", model.head, layer, index))
+    return found
+
+
+def _positions(spec: ModelSpec) -> list[int]:
+    """Output side length (pixels) of every conv layer of `spec`."""
+    side, sides = spec.input_size, []
+    for item in spec.layers:
+        if item == "M":
+            side //= 2
+        else:
+            sides.append(side * side)
+    return sides
+
+
+def factorize(
+    model: ConvNet, spec: ModelSpec, cfg: LowRankConfig, *, only_if_cheaper: bool = True
+) -> tuple[ConvNet, ModelSpec, list[LayerPlan]]:
+    """A factorized copy of `model` (the original is not changed), its spec and the per-layer plan.
+
+    With ``only_if_cheaper=False`` every selected layer is factorized even when that costs MACs
+    (for checks such as "full rank reproduces the original"). Raises CompresskitError for an
+    unknown layer name in ``cfg.layers``.
+    """
+    cfg.validate()
+    layers = _layers(model)
+    names = [name for name, *_ in layers]
+    if cfg.layers.strip() == "all":
+        chosen = set(names)
+    else:
+        chosen = {n.strip() for n in cfg.layers.split(",") if n.strip()}
+    unknown = sorted(chosen - set(names))
+    if unknown or not chosen:
+        raise CompresskitError(
+            f"--layers '{cfg.layers}' names no layer of this model ({', '.join(unknown) or 'empty'}); "
+            f"choose all or from: {', '.join(names)}."
+        )
+    pixels = _positions(spec)
+    conv_ranks = list(spec.conv_ranks or [None] * len(spec.conv_widths))
+    linear_ranks = list(spec.linear_ranks or [None] * (2 if spec.head == "mlp" else 1))
+    replacements: dict[str, nn.Module] = {}
+    plans = []
+    for name, _, layer, _ in layers:
+        is_conv = name.startswith("block")
+        position = int(name[5:] if is_conv else name[2:]) - 1
+        if isinstance(layer, (FactorizedConv2d, FactorizedLinear)):
+            plans.append(LayerPlan(name, "—", layer.rank, layer.rank, 1.0, 0, 0, "kept: already factorized"))
+            continue
+        weight = layer.weight.detach()
+        matrix = weight.reshape(weight.shape[0], -1)
+        out_f, n = matrix.shape
+        full = min(out_f, n)
+        s = torch.linalg.svdvals(matrix.double())
+        if cfg.rank_ratio is not None:
+            rank = rank_for_ratio(full, cfg.rank_ratio)
+        else:
+            assert cfg.energy is not None
+            rank = rank_for_energy(s, cfg.energy)
+        kept = float((s[:rank] ** 2).sum() / (s**2).sum()) if s.sum() > 0 else 1.0
+        per_position = pixels[position] if is_conv else 1
+        before = per_position * out_f * n
+        after = per_position * rank * (n + out_f)
+        shape = "×".join(str(d) for d in weight.shape)
+        if name not in chosen:
+            action = "kept: not selected"
+        elif after >= before and only_if_cheaper:
+            action = "kept: no MAC saving"
+        else:
+            action = "factorized"
+            replacements[name] = factorize_conv(layer, rank) if is_conv else factorize_linear(layer, rank)
+            if is_conv:
+                conv_ranks[position] = rank
+            else:
+                linear_ranks[position] = rank
+        macs_after = after if action == "factorized" else before
+        plans.append(LayerPlan(name, shape, full, rank, kept, before, macs_after, action))
+    ranks = {
+        "conv_ranks": conv_ranks if any(conv_ranks) else None,
+        "linear_ranks": linear_ranks if any(linear_ranks) else None,
+    }
+    new_spec = ModelSpec(**{**spec.to_dict(), **ranks})
+    new_spec.validate()
+    new_model = ConvNet(new_spec).to(next(model.parameters()).device)
+    new_model.load_state_dict(_merged_state(model, new_model, replacements))
+    return new_model.train(model.training), new_spec, plans
+
+
+def _merged_state(model: ConvNet, new_model: ConvNet, replacements: dict[str, nn.Module]) -> dict:
+    """The new model's state dict: the old weights where the structure is unchanged, the SVD
+    factors where a layer was replaced."""
+    state = dict(model.state_dict())
+    new_layers = {name: (parent, index) for name, parent, _, index in _layers(new_model)}
+    prefixes = {id(m): p for p, m in new_model.named_modules()}
+    for name, replacement in replacements.items():
+        parent, index = new_layers[name]
+        prefix = prefixes[id(parent)] + f".{index}"
+        for key in [k for k in state if k.startswith(prefix + ".")]:
+            del state[key]
+        for key, value in replacement.state_dict().items():
+            state[f"{prefix}.{key}"] = value
+    return state
