@@ -315,8 +315,7 @@ def prune(
         )  # fmt: skip
         result = prune_run(
             checkpoint, out, cfg, finetune, calibration_samples=calibration_samples,
-            data_dir=str(data_dir) if data_dir is not None else None, download=download,
-            bench_seconds=bench_seconds, threads=threads, overwrite=overwrite,
+            options=_job_options(data_dir, download, bench_seconds, threads, overwrite),
             progress=Progress(enabled=not quiet),
         )  # fmt: skip
     _print_report(result["table"], f"pruned {escape(str(checkpoint))} → {escape(str(out))}")
@@ -327,6 +326,16 @@ def prune(
             ("written", f"{out}/ (checkpoint.pt, pruned.pt, report.md, report.csv, widths.csv, curves.png)"),
         ],
     )
+
+
+def _job_options(data_dir: Path | None, download: bool, bench_seconds: float, threads: int | None,
+                 overwrite: bool):  # fmt: skip
+    from compresskit.compress.jobs import JobOptions
+
+    return JobOptions(
+        data_dir=str(data_dir) if data_dir is not None else None, download=download,
+        bench_seconds=bench_seconds, threads=threads, overwrite=overwrite,
+    )  # fmt: skip
 
 
 def _finetune_config(epochs: int, lr: float, seed: int, device: str):
@@ -364,8 +373,7 @@ def lowrank(
         result = lowrank_run(
             checkpoint, out, LowRankConfig(rank_ratio=rank_ratio, energy=energy, layers=layers),
             _finetune_config(finetune_epochs, lr, seed, device),
-            data_dir=str(data_dir) if data_dir is not None else None, download=download,
-            bench_seconds=bench_seconds, threads=threads, overwrite=overwrite,
+            options=_job_options(data_dir, download, bench_seconds, threads, overwrite),
             progress=Progress(enabled=not quiet),
         )  # fmt: skip
     _print_report(result["table"], f"factorized {escape(str(checkpoint))} → {escape(str(out))}")
@@ -399,8 +407,7 @@ def depth(
         result = depth_run(
             checkpoint, out, _finetune_config(finetune_epochs, lr, seed, device), min_gain=min_gain,
             keep_blocks=keep_blocks, samples=samples,
-            data_dir=str(data_dir) if data_dir is not None else None, download=download,
-            bench_seconds=bench_seconds, threads=threads, overwrite=overwrite,
+            options=_job_options(data_dir, download, bench_seconds, threads, overwrite),
             progress=Progress(enabled=not quiet),
         )  # fmt: skip
     view = Table(box=box.SIMPLE_HEAD, title="test CSI per block", title_justify="left")

@@ -102,8 +102,7 @@ class CompressionJob:
     finetune: TrainConfig
     original_run: dict
     original_acc: float
-    bench_seconds: float
-    threads: int | None
+    options: JobOptions
 
     @property
     def spec(self) -> ModelSpec:
@@ -136,24 +135,29 @@ class CompressionJob:
         return [{**row, **extra} for row in result.history], result
 
 
-def open_job(
-    checkpoint: str | Path,
-    out: Path,
-    finetune: TrainConfig,
-    *,
-    data_dir: str | None,
-    download: bool,
-    bench_seconds: float,
-    threads: int | None,
-    overwrite: bool,
-) -> CompressionJob:
+@dataclass
+class JobOptions:
+    """Settings every compression job shares: where the data is, whether an existing `--out` may
+    be replaced, and how latency is measured (seconds of timing, CPU threads)."""
+
+    data_dir: str | None = None
+    download: bool = True
+    bench_seconds: float = 1.0
+    threads: int | None = None
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        if self.bench_seconds <= 0:
+            raise CompresskitError(f"--bench-seconds {self.bench_seconds} must be positive.")
+        if self.threads is not None and self.threads < 1:
+            raise CompresskitError(f"--threads {self.threads} must be a positive integer.")
+
+
+def open_job(checkpoint: str | Path, out: Path, finetune: TrainConfig, options: JobOptions) -> CompressionJob:
     """Validate the shared flags, load the source checkpoint and its data; nothing is written."""
     if finetune.epochs < 0:
         raise CompresskitError(f"--finetune-epochs {finetune.epochs} must be 0 or more.")
-    if bench_seconds <= 0:
-        raise CompresskitError(f"--bench-seconds {bench_seconds} must be positive.")
-    if threads is not None and threads < 1:
-        raise CompresskitError(f"--threads {threads} must be a positive integer.")
+    options.validate()
     ckpt = load_checkpoint(checkpoint)
     if out.resolve() == ckpt.path.parent.resolve():
         raise CompresskitError(f"--out {out} is the source run itself; choose a new directory.")
@@ -164,8 +168,8 @@ def open_job(
     val_fraction = float(data_cfg.get("val_fraction", 0.1))
     finetune.validate(has_validation=val_fraction > 0)
     device = resolve_device(finetune.device)
-    check_output_dir(out, overwrite=overwrite)
-    data = checkpoint_dataset(ckpt, data_dir, download=download)
+    check_output_dir(out, overwrite=options.overwrite)
+    data = checkpoint_dataset(ckpt, options.data_dir, download=options.download)
     augment_text = data_cfg.get("augment")
     augment = Augmentation.parse(augment_text) if augment_text else default_augmentation(data.name)
     train, val, test = make_loaders(
@@ -175,8 +179,7 @@ def open_job(
     model = ckpt.build(device)
     original_acc = evaluate(model, test, device)[1]
     return CompressionJob(ckpt, model, data, train, val, test, device, finetune,
-                          original_run.get("original_run", original_run), original_acc, bench_seconds,
-                          threads)  # fmt: skip
+                          original_run.get("original_run", original_run), original_acc, options)  # fmt: skip
 
 
 def finish_job(
@@ -226,7 +229,7 @@ def finish_job(
         (f"{label}+fine-tuned", final, final_spec, final_acc, stage / CHECKPOINT_NAME, lineage),
     ]
     rows = [
-        _measure_row(name, model, s, acc, path, job.bench_seconds, job.threads, steps)
+        _measure_row(name, model, s, acc, path, job.options.bench_seconds, job.options.threads, steps)
         for name, model, s, acc, path, steps in compared
     ]
     table = comparison_table(rows)
@@ -265,11 +268,7 @@ def prune_run(
     finetune: TrainConfig,
     *,
     calibration_samples: int = 1000,
-    data_dir: str | None = None,
-    download: bool = True,
-    bench_seconds: float = 1.0,
-    threads: int | None = None,
-    overwrite: bool = False,
+    options: JobOptions | None = None,
     progress: Progress | None = None,
 ) -> dict:
     """Prune the model of `checkpoint` by `cfg`, fine-tune it with `finetune` (``epochs`` is the total
@@ -285,8 +284,8 @@ def prune_run(
     if needs_data and calibration_samples == 0:
         what = f"--importance {cfg.importance}" if cfg.allocate != "csi" else "--allocate csi"
         raise CompresskitError(f"{what} needs calibration data, but --calibration-samples is 0.")
-    job = open_job(checkpoint, out, finetune, data_dir=data_dir, download=download,
-                   bench_seconds=bench_seconds, threads=threads, overwrite=overwrite)  # fmt: skip
+    options = options or JobOptions()
+    job = open_job(checkpoint, out, finetune, options)
     spec = job.spec
     batches = job.calibration(calibration_samples) if calibration_samples else None
     layer_ratios = None
@@ -304,7 +303,7 @@ def prune_run(
     epochs_per_step[-1] += finetune.epochs - sum(epochs_per_step)
     history: list[dict] = []
     best = None
-    with staged_directory(out, overwrite=overwrite) as stage:
+    with staged_directory(out, overwrite=options.overwrite) as stage:
         for step, epochs in enumerate(epochs_per_step, start=1):
             widths = pruner.step()
             progress.log(f"pruning step {step}/{cfg.steps}: conv widths {widths}")
@@ -339,11 +338,7 @@ def lowrank_run(
     cfg: LowRankConfig,
     finetune: TrainConfig,
     *,
-    data_dir: str | None = None,
-    download: bool = True,
-    bench_seconds: float = 1.0,
-    threads: int | None = None,
-    overwrite: bool = False,
+    options: JobOptions | None = None,
     progress: Progress | None = None,
 ) -> dict:
     """Factorize the chosen layers of `checkpoint` by truncated SVD (`lowrank.factorize`), fine-tune,
@@ -352,8 +347,8 @@ def lowrank_run(
     progress = progress or Progress(enabled=False)
     out = Path(out)
     cfg.validate()
-    job = open_job(checkpoint, out, finetune, data_dir=data_dir, download=download,
-                   bench_seconds=bench_seconds, threads=threads, overwrite=overwrite)  # fmt: skip
+    options = options or JobOptions()
+    job = open_job(checkpoint, out, finetune, options)
     compressed_model, compressed_spec, plans = factorize(job.model, job.spec, cfg)
     plan_table = pd.DataFrame([asdict(plan) for plan in plans])
     done = plan_table[plan_table["action"] == "factorized"]["layer"].tolist()
@@ -366,7 +361,7 @@ def lowrank_run(
     left_alone = ", ".join(f"{r.layer} ({r.action})" for r in left.itertuples()) or "none"
     progress.log(f"factorized {', '.join(done)}; left alone: {left_alone}")
     work = copy.deepcopy(compressed_model)
-    with staged_directory(out, overwrite=overwrite) as stage:
+    with staged_directory(out, overwrite=options.overwrite) as stage:
         plan_table.to_csv(stage / "ranks.csv", index=False)
         history, best = job.fine_tune(work, finetune.epochs, progress)
         how = f"energy {cfg.energy:g}" if cfg.energy is not None else f"rank ratio {cfg.rank_ratio:g}"
@@ -386,11 +381,7 @@ def depth_run(
     min_gain: float | None = 0.01,
     keep_blocks: int | None = None,
     samples: int = 1000,
-    data_dir: str | None = None,
-    download: bool = True,
-    bench_seconds: float = 1.0,
-    threads: int | None = None,
-    overwrite: bool = False,
+    options: JobOptions | None = None,
     progress: Progress | None = None,
 ) -> dict:
     """Cut `checkpoint` after the last conv block whose test-CSI gain exceeds `min_gain` (or keep
@@ -402,8 +393,8 @@ def depth_run(
         raise CompresskitError(f"--samples {samples} must be a positive integer.")
     if keep_blocks is not None and keep_blocks < 1:
         raise CompresskitError(f"--keep-blocks {keep_blocks} would remove every block; keep at least 1.")
-    job = open_job(checkpoint, out, finetune, data_dir=data_dir, download=download,
-                   bench_seconds=bench_seconds, threads=threads, overwrite=overwrite)  # fmt: skip
+    options = options or JobOptions()
+    job = open_job(checkpoint, out, finetune, options)
     csi, input_csi = block_csi(job.model, job.test_batches(samples))
     keep, gains = choose_depth(
         csi, input_csi, min_gain=None if keep_blocks else min_gain, keep_blocks=keep_blocks
@@ -422,7 +413,7 @@ def depth_run(
     progress.log(f"keeping {keep} blocks; removing {removed}")
     compressed_model, compressed_spec = truncate(job.model, job.spec, keep, seed=finetune.seed)
     work = copy.deepcopy(compressed_model)
-    with staged_directory(out, overwrite=overwrite) as stage:
+    with staged_directory(out, overwrite=options.overwrite) as stage:
         table.to_csv(stage / "depth.csv", index=False)
         history, best = job.fine_tune(work, finetune.epochs, progress)
         rule = f"keep {keep_blocks}" if keep_blocks else f"min gain {min_gain:g}"
