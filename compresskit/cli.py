@@ -101,10 +101,16 @@ def train(
     seed: int = typer.Option(0, help="Seed of the split, the batches, the initial weights."),
     device: Device = "auto",
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (opt-in)."),
+    layerwise: bool = typer.Option(False, "--layerwise", help="Greedy layer-wise: one conv block per stage."),
+    freeze: bool = typer.Option(True, help="--layerwise: freeze earlier blocks (variant B) or not (C)."),
+    stage_epochs: str = typer.Option("7", help="--layerwise: epochs per stage, one value or one per block."),
+    aug_switch: str | None = typer.Option(None, help="--layerwise: STAGE:RECIPE, e.g. 4:jitter."),
+    analyze_stages: bool = typer.Option(False, "--analyze-stages", help="--layerwise: CSI after each stage."),
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
-    """Train a model from scratch into a run directory."""
+    """Train a model from scratch into a run directory (end to end, or --layerwise)."""
+    from compresskit.layerwise import LayerwiseConfig
     from compresskit.progress import Progress
     from compresskit.runs import DataOptions, ModelOptions, train_run
     from compresskit.train import TrainConfig
@@ -129,7 +135,11 @@ def train(
             cfg,
             overwrite=overwrite,
             progress=Progress(enabled=not quiet),
-        )
+            layerwise=LayerwiseConfig(
+                freeze=freeze, stage_epochs=LayerwiseConfig.parse_stage_epochs(stage_epochs),
+                aug_switch=LayerwiseConfig.parse_aug_switch(aug_switch), analyze_stages=analyze_stages,
+            ) if layerwise else None,
+        )  # fmt: skip
     _print_table(
         f"trained {summary['model']} on {summary['dataset']}",
         [

@@ -168,3 +168,35 @@ def plot_sensitivity(table: pd.DataFrame, base_acc: float, path: str | Path, tit
     if title:
         ax.set_title(title)
     return save_figure(fig, path)
+
+
+def plot_stages(
+    histories: Sequence[pd.DataFrame], stages: pd.DataFrame, path: str | Path, title: str = ""
+) -> Path:
+    """Layer-wise training: loss and accuracy per epoch of every stage (train solid, validation
+    dashed, one colour per stage), and accuracy against the number of conv blocks."""
+    fig, (ax_loss, ax_acc, ax_depth) = plt.subplots(1, 3, figsize=(16, 4.2))
+    colours = plt.cm.viridis(np.linspace(0, 0.9, max(1, len(histories))))
+    for number, (history, colour) in enumerate(zip(histories, colours, strict=True), start=1):
+        for ax, metric in ((ax_loss, "loss"), (ax_acc, "acc")):
+            ax.plot(history["epoch"], history[f"train_{metric}"], color=colour, label=f"stage {number}")
+            if history[f"val_{metric}"].notna().any():
+                ax.plot(history["epoch"], history[f"val_{metric}"], color=colour, ls="--")
+    for ax, label in ((ax_loss, "cross-entropy loss"), (ax_acc, "accuracy")):
+        ax.set_xlabel("epoch within the stage")
+        ax.set_ylabel(label + " (solid: train, dashed: validation)")
+        ax.grid(alpha=0.3)
+    ax_acc.legend(fontsize=7, ncol=2)
+    ax_depth.plot(stages["blocks"], stages["best_val_acc"], marker="o", label="best validation")
+    ax_depth.plot(stages["blocks"], stages["test_acc"], marker="s", label="test")
+    for column, style in (("csi_train", ":"), ("csi_test", "-.")):
+        if column in stages:
+            label = column.replace("_", " ")
+            ax_depth.plot(stages["blocks"], stages[column], ls=style, marker=".", label=label)
+    ax_depth.set_xlabel("conv blocks")
+    ax_depth.set_ylabel("accuracy / CSI of the last block")
+    ax_depth.grid(alpha=0.3)
+    ax_depth.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)

@@ -14,7 +14,7 @@ import platform
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from compresskit import __version__
+from compresskit.analysis.layers import block_csi
 from compresskit.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, save_checkpoint
 from compresskit.data import (
     Augmentation,
@@ -35,11 +36,13 @@ from compresskit.data import (
     stratified_split,
 )
 from compresskit.errors import CompresskitError
-from compresskit.models import ModelSpec, build_model, count_parameters, make_spec
-from compresskit.plots import plot_confusion_matrix, plot_training_curves
+from compresskit.layerwise import LayerwiseConfig, StageResult, stage_row, stage_spec, train_layerwise
+from compresskit.models import ConvNet, ModelSpec, build_model, count_parameters, make_spec
+from compresskit.plots import plot_confusion_matrix, plot_stages, plot_training_curves
 from compresskit.progress import Progress
 from compresskit.train import (
     HISTORY_COLUMNS,
+    FitResult,
     TrainConfig,
     check_tta,
     evaluate,
@@ -162,8 +165,14 @@ def train_run(
     *,
     overwrite: bool = False,
     progress: Progress | None = None,
+    layerwise: LayerwiseConfig | None = None,
 ) -> dict:
-    """Train a model from scratch into the run directory `out`; returns the summary dict."""
+    """Train a model from scratch into the run directory `out`; returns the summary dict.
+
+    With `layerwise`, train greedily block by block (`compresskit.layerwise`); the run directory
+    then also holds ``stages/NN/history.csv``, ``stages.csv`` and ``stages.png``, and the final
+    model is the whole network with the last stage's mlp head.
+    """
     progress = progress or Progress(enabled=False)
     out = Path(out)
     # Validate every flag before touching data or disk.
@@ -176,9 +185,16 @@ def train_run(
         else default_augmentation(data_options.dataset)
     )
     device = resolve_device(cfg.device)
+    if layerwise is not None:
+        blocks = len(_model_spec(model_options, num_classes=2, in_channels=1).conv_widths)
+        layerwise.epochs_for(blocks)
+        if layerwise.aug_switch is not None:
+            Augmentation.parse(layerwise.aug_switch[1])
     check_output_dir(out, overwrite=overwrite)
     data = load_dataset(data_options.dataset, data_options.data_dir, download=data_options.download)
     spec = _model_spec(model_options, num_classes=data.num_classes, in_channels=data.channels)
+    if layerwise is not None:
+        spec = stage_spec(spec, len(spec.conv_widths))
     train_loader, val_loader, test_loader = make_loaders(
         data,
         val_fraction=data_options.val_fraction,
@@ -204,6 +220,7 @@ def train_run(
             "test_samples": test_loader.num_samples,
         },
         "train": cfg.to_dict(),
+        "layerwise": None if layerwise is None else asdict(layerwise),
         "device": str(device),
         "threads": torch.get_num_threads(),
         "versions": _versions(),
@@ -215,8 +232,23 @@ def train_run(
     )
     with staged_directory(out, overwrite=overwrite) as stage:
         write_json(stage / "config.json", config)
-        result = fit(model, train_loader, val_loader, cfg, progress=progress)
-        history = pd.DataFrame(result.history, columns=list(HISTORY_COLUMNS))
+        if layerwise is None:
+            result = fit(model, train_loader, val_loader, cfg, progress=progress)
+            history = pd.DataFrame(result.history, columns=list(HISTORY_COLUMNS))
+        else:
+            def stage_loaders(stage_number: int) -> tuple:
+                switch = layerwise.aug_switch
+                if switch is None or stage_number < switch[0]:
+                    return train_loader, val_loader
+                switched = make_loaders(data, val_fraction=data_options.val_fraction,
+                                        augment=Augmentation.parse(switch[1]), batch_size=cfg.batch_size,
+                                        seed=cfg.seed + stage_number, device=device)  # fmt: skip
+                return switched[0], switched[1]
+
+            model, result = _fit_layerwise(
+                stage, spec, layerwise, cfg, stage_loaders, test_loader, data, data_options, device, progress
+            )
+            history = pd.DataFrame(result.history, columns=[*HISTORY_COLUMNS, "stage"])
         history.to_csv(stage / "history.csv", index=False)
         base_meta = {
             "dataset": data.name,
@@ -258,6 +290,64 @@ def train_run(
         }
         write_json(stage / "summary.json", summary)
     return summary
+
+
+def _fit_layerwise(
+    stage_dir: Path,
+    spec: ModelSpec,
+    cfg: LayerwiseConfig,
+    train_cfg: TrainConfig,
+    stage_loaders,
+    test_loader: Loader,
+    data: ImageDataset,
+    data_options: DataOptions,
+    device: torch.device,
+    progress: Progress,
+) -> tuple[ConvNet, FitResult]:
+    """Run every layer-wise stage, writing ``stages/NN/history.csv``, ``stages.csv`` and
+    ``stages.png``; return the final model (last-epoch weights) and a `FitResult` that spans all
+    stages (history with a ``stage`` column; best state and epoch from the last stage)."""
+    rows: list[dict] = []
+    histories: list[pd.DataFrame] = []
+    csi_batches = None
+    if cfg.analyze_stages:
+        train_idx, _ = stratified_split(data.train.labels, data_options.val_fraction, train_cfg.seed)
+        pick = train_idx[balanced_subset(data.train.labels[train_idx], 1000, train_cfg.seed)]
+        test_pick = balanced_subset(data.test.labels, 1000, train_cfg.seed)
+        subsets = {"train": data.train.subset(pick), "test": data.test.subset(test_pick)}
+        csi_batches = {
+            split: list(Loader(subset, 256, mean=data.mean, std=data.std, device=device))
+            for split, subset in subsets.items()
+        }
+
+    def after_stage(done: StageResult) -> None:
+        folder = stage_dir / "stages" / f"{done.stage:02d}"
+        folder.mkdir(parents=True)
+        table = pd.DataFrame(done.fit.history, columns=list(HISTORY_COLUMNS))
+        table.to_csv(folder / "history.csv", index=False)
+        histories.append(table)
+        row = {**stage_row(done), "test_acc": evaluate(done.model, test_loader, device)[1]}
+        if csi_batches is not None:
+            for split, batches in csi_batches.items():
+                row[f"csi_{split}"] = block_csi(done.model, batches)[0][-1]
+        rows.append(row)
+        progress.log(f"stage {done.stage}: best val {row['best_val_acc']}, test {row['test_acc']:.4f}")
+
+    results = train_layerwise(spec, cfg, train_cfg, stage_loaders, device=device, progress=progress,
+                              after_stage=after_stage)  # fmt: skip
+    table = pd.DataFrame(rows)
+    table.to_csv(stage_dir / "stages.csv", index=False)
+    plot_stages(histories, table, stage_dir / "stages.png", title=f"layer-wise {spec.name}")
+    history, offset = [], 0
+    for r in results:
+        history += [{**h, "epoch": h["epoch"] + offset, "stage": r.stage} for h in r.fit.history]
+        offset += len(r.fit.history)
+    last = results[-1]
+    best_epoch = offset - len(last.fit.history) + last.fit.best_epoch
+    combined = FitResult(history, last.fit.best_state, best_epoch, last.fit.best_val_acc,
+                         last.fit.stop_reason, sum(r.fit.seconds for r in results))  # fmt: skip
+    last.model.load_state_dict(last.last_state)
+    return last.model, combined
 
 
 def checkpoint_dataset(ckpt: Checkpoint, data_dir: str | None, *, download: bool) -> ImageDataset:
