@@ -381,13 +381,18 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
     return torch.cat(keep).sort().values, torch.cat(held).sort().values
 
 
-def balanced_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
+def balanced_subset(
+    labels: torch.Tensor, size: int, seed: int, *, among: torch.Tensor | None = None
+) -> torch.Tensor:
     """Sorted indices of a class-balanced random subset of `size` samples.
 
     Every class present gives ``size // k`` samples (k classes); the first ``size % k`` classes, in
     a random order, give one more. A class with fewer samples gives all it has, so the subset is
-    smaller than `size` only then. The same seed gives the same subset.
+    smaller than `size` only then. The same seed gives the same subset. With `among` (sorted
+    indices into `labels`), the subset is drawn from those samples only.
     """
+    if among is not None:
+        return among[balanced_subset(labels[among], size, seed)]
     classes = torch.unique(labels)
     if size < len(classes):
         raise CompresskitError(

@@ -178,7 +178,8 @@ def train_run(
     # Validate every flag before touching data or disk.
     check_val_fraction(data_options.val_fraction)
     cfg.validate(has_validation=data_options.val_fraction > 0)
-    _model_spec(model_options, num_classes=2, in_channels=1)  # checks --model, --width, --head, --dropout
+    # checks --model, --width, --head, --dropout
+    plan = _model_spec(model_options, num_classes=2, in_channels=1)
     augment = (
         Augmentation.parse(data_options.augment)
         if data_options.augment is not None
@@ -186,8 +187,7 @@ def train_run(
     )
     device = resolve_device(cfg.device)
     if layerwise is not None:
-        blocks = len(_model_spec(model_options, num_classes=2, in_channels=1).conv_widths)
-        layerwise.epochs_for(blocks)
+        layerwise.epochs_for(len(plan.conv_widths))
         if layerwise.aug_switch is not None:
             Augmentation.parse(layerwise.aug_switch[1])
     check_output_dir(out, overwrite=overwrite)
@@ -311,8 +311,8 @@ def _fit_layerwise(
     histories: list[pd.DataFrame] = []
     csi_batches = None
     if cfg.analyze_stages:
-        train_idx, _ = stratified_split(data.train.labels, data_options.val_fraction, train_cfg.seed)
-        pick = train_idx[balanced_subset(data.train.labels[train_idx], 1000, train_cfg.seed)]
+        fitted, _ = stratified_split(data.train.labels, data_options.val_fraction, train_cfg.seed)
+        pick = balanced_subset(data.train.labels, 1000, train_cfg.seed, among=fitted)
         test_pick = balanced_subset(data.test.labels, 1000, train_cfg.seed)
         subsets = {"train": data.train.subset(pick), "test": data.test.subset(test_pick)}
         csi_batches = {
@@ -481,8 +481,8 @@ def analyze_run(
                 if old.is_file():
                     shutil.copy2(old, stage / old.name)
         if metric_names:
-            train_idx = _fitted_train_indices(run_dir, data)
-            train_pick = train_idx[balanced_subset(data.train.labels[train_idx], samples, seed)]
+            fitted = _fitted_train_indices(run_dir, data)
+            train_pick = balanced_subset(data.train.labels, samples, seed, among=fitted)
             test_pick = balanced_subset(data.test.labels, samples, seed)
             mean = tuple(ckpt.meta.get("mean", data.mean))
             std = tuple(ckpt.meta.get("std", data.std))
@@ -511,16 +511,29 @@ def analyze_run(
     return result
 
 
-def _fitted_train_indices(run_dir: Path, data: ImageDataset) -> torch.Tensor:
-    """Indices of the training images the run was fitted on: its validation split taken out again
-    (from the run's config.json), or the whole train split when there is no config to tell."""
-    config_path = run_dir / "config.json"
-    everything = torch.arange(len(data.train))
+def training_config(run_dir: Path) -> dict:
+    """The ``config.json`` of the training run behind `run_dir`: its own for a trained run, the
+    ``original_run`` it records for a compressed one; {} when there is none to read."""
     try:
-        config = json.loads(config_path.read_text())
+        config = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(config, dict):
+        return {}
+    original = config.get("original_run")
+    return original if isinstance(original, dict) else config
+
+
+def _fitted_train_indices(run_dir: Path, data: ImageDataset) -> torch.Tensor:
+    """Indices of the training images the run (or, for a compressed run, its training run) was
+    fitted on: the validation split taken out again, or the whole train split when there is no
+    config to tell."""
+    everything = torch.arange(len(data.train))
+    config = training_config(run_dir)
+    try:
         fraction = float(config["data"]["val_fraction"])
         seed = int(config["train"]["seed"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         return everything
     if fraction <= 0:
         return everything

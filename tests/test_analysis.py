@@ -186,8 +186,22 @@ def test_fitted_train_indices_leave_out_the_validation_split(tmp_path):
     keep, held = stratified_split(labels, 0.2, 7)
     assert torch.equal(_fitted_train_indices(tmp_path, Data), keep)
     assert not set(_fitted_train_indices(tmp_path, Data).tolist()) & set(held.tolist())
+    original = {"data": {"val_fraction": 0.2}, "train": {"seed": 7}}
+    compressed = {"compressed_from": "x", "original_run": original}
+    (tmp_path / "config.json").write_text(json.dumps(compressed))  # a pruned run: follow its training run
+    assert torch.equal(_fitted_train_indices(tmp_path, Data), keep)
     (tmp_path / "config.json").unlink()
     assert torch.equal(_fitted_train_indices(tmp_path, Data), torch.arange(100))
+
+
+def test_balanced_subset_among_draws_only_from_the_given_samples():
+    labels = torch.arange(4).repeat_interleave(25)
+    among = torch.arange(0, 100, 3)
+    idx = balanced_subset(labels, 8, seed=1, among=among)
+    assert set(idx.tolist()) <= set(among.tolist())
+    assert torch.bincount(labels[idx], minlength=4).tolist() == [2, 2, 2, 2]
+    assert torch.equal(idx, among[balanced_subset(labels[among], 8, seed=1)])
+    assert torch.equal(idx, idx.sort().values)
 
 
 # ----------------------------------------------------------------------------- the table

@@ -12,7 +12,6 @@ All of them are ordinary compresskit files: the checkpoints reload without torch
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +32,14 @@ from compresskit.compress.prune import (
     prune_copy,
     rebuild,
 )
-from compresskit.data import Augmentation, ImageDataset, Loader, balanced_subset, default_augmentation
+from compresskit.data import (
+    Augmentation,
+    ImageDataset,
+    ImageSplit,
+    Loader,
+    balanced_subset,
+    default_augmentation,
+)
 from compresskit.errors import CompresskitError
 from compresskit.measure import measure_model
 from compresskit.models import ConvNet, ModelSpec, count_parameters
@@ -46,16 +52,10 @@ from compresskit.runs import (
     checkpoint_dataset,
     make_loaders,
     staged_directory,
+    training_config,
     write_json,
 )
 from compresskit.train import HISTORY_COLUMNS, TrainConfig, evaluate, fit, resolve_device
-
-
-def _run_config(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def _input_shape(spec: ModelSpec) -> tuple[int, int, int]:
@@ -111,16 +111,17 @@ class CompressionJob:
     def calibration(self, samples: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """A class-balanced subset of the training images the source was fitted on, unaugmented."""
         fitted = _fitted_train_indices(self.ckpt.path.parent, self.data)
-        pick = fitted[balanced_subset(self.data.train.labels[fitted], samples, self.finetune.seed)]
-        loader = Loader(self.data.train.subset(pick), 256, mean=self.data.mean, std=self.data.std,
-                        device=self.device)  # fmt: skip
-        return as_batches(loader)
+        return self._balanced_batches(self.data.train, samples, among=fitted)
 
     def test_batches(self, samples: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """A class-balanced subset of the test images, unaugmented."""
-        pick = balanced_subset(self.data.test.labels, samples, self.finetune.seed)
-        loader = Loader(self.data.test.subset(pick), 256, mean=self.data.mean, std=self.data.std,
-                        device=self.device)  # fmt: skip
+        return self._balanced_batches(self.data.test, samples)
+
+    def _balanced_batches(
+        self, split: ImageSplit, samples: int, among: torch.Tensor | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        pick = balanced_subset(split.labels, samples, self.finetune.seed, among=among)
+        loader = Loader(split.subset(pick), 256, mean=self.data.mean, std=self.data.std, device=self.device)
         return as_batches(loader)
 
     def accuracy(self, model: ConvNet) -> float:
@@ -161,10 +162,8 @@ def open_job(checkpoint: str | Path, out: Path, finetune: TrainConfig, options: 
     ckpt = load_checkpoint(checkpoint)
     if out.resolve() == ckpt.path.parent.resolve():
         raise CompresskitError(f"--out {out} is the source run itself; choose a new directory.")
-    original_run = _run_config(ckpt.path.parent)
+    original_run = training_config(ckpt.path.parent)
     data_cfg = original_run.get("data", {})
-    if "original_run" in original_run:  # the source is itself a compressed run
-        data_cfg = original_run["original_run"].get("data", {})
     val_fraction = float(data_cfg.get("val_fraction", 0.1))
     finetune.validate(has_validation=val_fraction > 0)
     device = resolve_device(finetune.device)
@@ -179,7 +178,7 @@ def open_job(checkpoint: str | Path, out: Path, finetune: TrainConfig, options: 
     model = ckpt.build(device)
     original_acc = evaluate(model, test, device)[1]
     return CompressionJob(ckpt, model, data, train, val, test, device, finetune,
-                          original_run.get("original_run", original_run), original_acc, options)  # fmt: skip
+                          original_run, original_acc, options)  # fmt: skip
 
 
 def finish_job(
