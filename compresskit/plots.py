@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from compresskit.errors import CompresskitError
+
 
 def save_figure(fig: plt.Figure, path: str | Path) -> Path:
     """Lay out, write as PNG (120 dpi) and close `fig`."""
@@ -37,29 +39,81 @@ def plot_training_curves(history: pd.DataFrame, path: str | Path, title: str = "
     return save_figure(fig, path)
 
 
-def plot_confusion_matrix(
-    matrix: np.ndarray, classes: Sequence[str], path: str | Path, title: str = ""
-) -> Path:
-    """Row-normalised confusion matrix (rows: true class, columns: predicted), counts annotated
-    when there are at most 20 classes."""
+ANNOTATE_MAX_CLASSES = 20
+"""Counts are written in the cells up to this many classes; beyond, the colour alone tells."""
+LABEL_EVERY_MAX_CLASSES = 100
+"""Every class is named on both axes up to this many classes; beyond, every k-th so ~100 remain."""
+
+
+def confusion_figure(matrix: np.ndarray, classes: Sequence[str], title: str = "") -> plt.Figure:
+    """The figure of `plot_confusion_matrix`, not yet written or closed (the caller closes it).
+
+    `matrix` is C×C counts (rows: true class, columns: predicted), `classes` the C names. Colour is
+    the row-normalised fraction of the true class, with a colour bar. Up to 20 classes each cell also
+    shows its count; beyond, the figure grows by 0.16 in per class (up to 150 classes) and names
+    every class (every k-th past 100) in a font small enough for one name per row.
+    """
     matrix = np.asarray(matrix)
+    n = len(classes)
+    if matrix.shape != (n, n):
+        raise CompresskitError(f"confusion matrix of shape {matrix.shape} does not fit {n} class names.")
     rows = matrix.sum(axis=1, keepdims=True)
     norm = np.divide(matrix, rows, out=np.zeros(matrix.shape, dtype=float), where=rows > 0)
-    n = len(classes)
-    size = max(5.0, min(0.45 * n + 2, 30.0))
-    fig, ax = plt.subplots(figsize=(size, size * 0.85))
-    image = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
-    ticks = np.arange(n)
-    ax.set_xticks(ticks, labels=classes if n <= 40 else None, rotation=90)
-    ax.set_yticks(ticks, labels=classes if n <= 40 else None)
+    annotate = n <= ANNOTATE_MAX_CLASSES
+    per_class = 0.45 if annotate else 0.16  # inches per row/column
+    fontsize = 8.0 if annotate else max(4.0, min(8.0, 0.55 * 72 * per_class))  # 0.16 in → 6.3 pt
+    longest = max((len(str(name)) for name in classes), default=1)
+    label_room = 0.6 * fontsize / 72 * longest + 0.6  # inches for tick labels and the axis label
+    side = max(4.0, per_class * min(n, 150))  # past 150 classes cells shrink, so the PNG stays < 3200 px
+    fig, ax = plt.subplots(figsize=(side + label_room + 1.3, side + label_room + (0.4 if title else 0.1)))
+    image = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    shrink = min(1.0, 8.0 / side)  # a bar at most ~8 in tall, so it stays ~0.4 in wide
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02, shrink=shrink, label="fraction of true class")
+    step = max(1, int(np.ceil(n / LABEL_EVERY_MAX_CLASSES)))
+    ticks = np.arange(0, n, step)
+    names = [str(classes[i]) for i in ticks]
+    ax.set_xticks(ticks, labels=names, rotation=90, fontsize=fontsize)
+    ax.set_yticks(ticks, labels=names, fontsize=fontsize)
+    ax.tick_params(length=2 if not annotate else 3.5, pad=1.5)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    if n <= 20:
+    if annotate:
         for i in range(n):
             for j in range(n):
                 color = "white" if norm[i, j] > 0.5 else "black"
                 ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7, color=color)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def plot_confusion_matrix(
+    matrix: np.ndarray, classes: Sequence[str], path: str | Path, title: str = ""
+) -> Path:
+    """Row-normalised confusion matrix (rows: true class, columns: predicted), counts annotated
+    when there are at most 20 classes; readable up to 100 classes (see `confusion_figure`)."""
+    return save_figure(confusion_figure(matrix, classes, title), path)
+
+
+def plot_most_confused(table: pd.DataFrame, path: str | Path, title: str = "") -> Path:
+    """Horizontal bars of the most confused pairs, largest on top: one bar per row of `table`
+    (columns true, predicted, count, share, as `evaluation.ClassificationReport.most_confused`
+    returns), its length the count, labelled "true → predicted" and the share of the true class."""
+    k = len(table)
+    fig, ax = plt.subplots(figsize=(7.0, max(2.0, 0.28 * k + 1.0)))
+    y = np.arange(k)
+    ax.barh(y, table["count"], color="tab:blue")
+    labels = [f"{t} → {p}" for t, p in zip(table["true"], table["predicted"], strict=True)]
+    ax.set_yticks(y, labels=labels, fontsize=8)
+    ax.invert_yaxis()
+    for row, (count, share) in enumerate(zip(table["count"], table["share"], strict=True)):
+        ax.text(count, row, f" {share:.0%}", va="center", fontsize=7)
+    if k:
+        ax.set_xlim(0, float(table["count"].max()) * 1.12)
+    ax.set_xlabel("samples predicted as the other class (labels: share of the true class)")
+    ax.grid(axis="x", alpha=0.3)
+    if k == 0:
+        ax.text(0.5, 0.5, "no confusions", ha="center", va="center", transform=ax.transAxes)
     if title:
         ax.set_title(title)
     return save_figure(fig, path)
