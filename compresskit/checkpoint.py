@@ -1,15 +1,16 @@
 """One `.pt` file per model: ``{format, version, spec, state_dict, meta}``.
 
-Written atomically (temporary file in the same folder, then `os.replace`), read with
-``torch.load(weights_only=True)``: a checkpoint holds tensors and plain JSON-like values only, so
-loading it needs nothing but compresskit and never runs pickled code.
+Written atomically (temporary file in the same folder, then `os.replace`) with the permissions the
+process umask gives any new file, read with ``torch.load(weights_only=True)``: a checkpoint holds
+tensors and plain JSON-like values only, so loading it needs nothing but compresskit and never runs
+pickled code.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,15 +66,31 @@ def save_checkpoint(
         "meta": meta,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new, empty, uniquely named ``.NAME.*.tmp`` beside `path`, open for writing: (fd, its path).
+
+    Created with mode 0o666 less the process umask, as ``open()`` creates files (tempfile.mkstemp
+    would make it 0o600, and `os.replace` would carry that onto the checkpoint).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no unused temporary file name beside {path} after 100 tries.")
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

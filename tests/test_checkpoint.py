@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 
 import pytest
 import torch
@@ -196,3 +197,38 @@ def test_state_dict_that_does_not_fit_its_spec(tmp_path):
     ckpt = load_checkpoint(save_checkpoint(tmp_path / "partial.pt", small, partial))
     with pytest.raises(CompresskitError, match=r"partial\.pt"):
         ckpt.build()
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_checkpoint_follows_the_umask(tmp_path, umask, mode):
+    spec = make_spec("cnn", 10, width=0.25)
+    path = tmp_path / CHECKPOINT_NAME
+    previous = os.umask(umask)
+    try:
+        save_checkpoint(path, spec, build_model(spec), {"n": 1})
+        first = stat.S_IMODE(path.stat().st_mode)
+        (tmp_path / "plain.txt").write_text("x")  # what any other file gets
+        plain = stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+        save_checkpoint(path, spec, build_model(spec), {"n": 2})  # replacing one, too
+        second = stat.S_IMODE(path.stat().st_mode)
+    finally:
+        os.umask(previous)
+    assert first == second == plain == mode
+    assert sorted(os.listdir(tmp_path)) == [CHECKPOINT_NAME, "plain.txt"]
+    assert load_checkpoint(path).meta == {"n": 2}
+
+
+def test_failed_write_leaves_no_temporary(tmp_path, monkeypatch):
+    spec = make_spec("cnn", 10, width=0.25)
+    save_checkpoint(tmp_path / CHECKPOINT_NAME, spec, build_model(spec), {"n": 1})
+
+    def broken_save(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(tmp_path / CHECKPOINT_NAME, spec, build_model(spec), {"n": 2})
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == [CHECKPOINT_NAME]
+    assert load_checkpoint(tmp_path).meta == {"n": 1}  # the old checkpoint is untouched
