@@ -264,16 +264,53 @@ def analyze(
 
 
 def _print_report(table, title: str) -> None:
-    view = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False, padding=(0, 1))
-    for label in ("model", "params", "MACs", "ms b=1", "ms b=128", "test acc", "MACs ×", "speed ×"):
-        view.add_column(label, justify="left" if label == "model" else "right", no_wrap=True)
+    """A `report.comparison_table` in 80 columns: per batch size N the latency in ms as
+    median±spread% of its repeats ("ms bN") and the speed-up over the first row ("speed × bN"),
+    then one warning per latency that varies too much between repeats (`report.latency_warnings`).
+    Long model names wrap instead of being cut."""
+    import math
+    import re
+
+    from compresskit.report import latency_warnings
+
+    def known(value: object) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+    def ms(value: object, spread: object) -> str:
+        if not known(value):
+            return "—"
+        text = f"{value:.2f}" if value < 10 else f"{value:.1f}" if value < 100 else f"{value:.0f}"
+        return text + (f"±{100 * spread:.0f}%" if known(spread) else "")
+
+    def number(value: object, fmt: str, scale: float = 1.0, unit: str = "") -> str:
+        return f"{value / scale:{fmt}}{unit}" if known(value) else "—"
+
+    found = (re.fullmatch(r"latency_b(\d+)_ms", str(c)) for c in table.columns)
+    batches = sorted(int(m.group(1)) for m in found if m)
+    # Columns one space apart (the SIMPLE_HEAD divider), no outer edge: 80 columns leave the model
+    # name about 20 characters before it wraps.
+    view = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", show_edge=False, padding=0)
+    view.add_column("model", overflow="fold")
+    labels = ["params", "MACs", *(f"ms\nb{n}" for n in batches), "test\nacc", "MACs\n×"]
+    for label in [*labels, *(f"speed ×\nb{n}" for n in batches)]:
+        view.add_column(label, justify="right", no_wrap=True)
     for row in table.to_dict("records"):
+        speed = []
+        for n in batches:  # comparison_table's ratio, else relative to the first row
+            ratio = row.get(f"latency_reduction_b{n}")
+            if ratio is None:
+                ratio = table[f"latency_b{n}_ms"].iloc[0] / row[f"latency_b{n}_ms"]
+            speed.append(number(ratio, ".2f"))
         view.add_row(
-            escape(str(row["model"])), f"{row['params'] / 1e3:,.0f}k", f"{row['macs'] / 1e6:.1f}M",
-            f"{row['latency_b1_ms']:.2f}", f"{row['latency_b128_ms']:.1f}", _pct(row["test_acc"]),
-            f"{row['macs_reduction']:.2f}", f"{row['latency_reduction_b1']:.2f}",
+            escape(str(row["model"])), number(row.get("params"), ",.0f", 1e3, "k"),
+            number(row.get("macs"), ".1f", 1e6, "M"),
+            *(ms(row[f"latency_b{n}_ms"], row.get(f"latency_b{n}_spread")) for n in batches),
+            _pct(row["test_acc"] if known(row.get("test_acc")) else None),
+            number(row.get("macs_reduction"), ".2f"), *speed,
         )  # fmt: skip
     console.print(view)
+    for warning in latency_warnings(table):
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
 
 
 @app.command()

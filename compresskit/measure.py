@@ -3,6 +3,9 @@
 The numbers feed pruning reports (original vs pruned vs fine-tuned), so every function leaves the
 model it is given exactly as it found it: same weights, buffers, device and train/eval mode of
 every submodule.
+
+Latency is the median of several independent repeats, reported with their spread (`relative_iqr`),
+so a speed-up measured on a busy machine shows as noise instead of passing for a result.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch_pruning as tp
 from torch import nn
@@ -22,15 +26,34 @@ from compresskit.models import count_parameters
 
 WARMUP_CALLS = 3
 WARMUP_SECONDS = 0.25
+REPEATS = 5
+NOISY_SPREAD = 0.10  # a latency whose repeats spread more than this (a fraction) is noise
+
+
+def relative_iqr(values: Sequence[float]) -> float:
+    """Spread of repeated measurements as a fraction of their median: (Q3 − Q1) / median, quartiles
+    by linear interpolation between the sorted values (numpy's default). 0.2 means the middle half
+    of the values lies in a band 20% of the median wide. A single outlier among five values does
+    not count (nor does it move the median). 0.0 for fewer than two values or a zero median."""
+    if len(values) < 2:
+        return 0.0
+    q1, median, q3 = np.quantile(np.asarray(values, dtype=np.float64), [0.25, 0.5, 0.75])
+    return float((q3 - q1) / median) if median > 0 else 0.0
 
 
 @dataclass(frozen=True)
 class Latency:
     """Time per forward pass of one batch, from `torch.utils.benchmark`.
 
-    median_s, iqr_s: median and interquartile range of the seconds per call over `runs` timed
-    blocks (each block averages as many back-to-back calls as it takes to dwarf the timer overhead).
-    threads: intra-op CPU threads the timing ran with. device: e.g. "cpu" or "cuda:0".
+    The timing is split into independent repeats (``blocked_autorange`` runs); each repeat times
+    blocks of back-to-back calls (as many per block as it takes to dwarf the timer overhead) and
+    gives the median seconds per call over its blocks, kept in `repeat_medians_s`.
+
+    median_s: median over the repeats of those medians, in seconds per call.
+    spread: `relative_iqr` of the repeat medians, a fraction of `median_s` (0.15 = 15%); 0.0 with
+    one repeat. iqr_s: interquartile range in seconds of the per-call times of all `runs` timed
+    blocks of all repeats together. threads: intra-op CPU threads the timing ran with. device: e.g.
+    "cpu" or "cuda:0".
     """
 
     batch_size: int
@@ -39,6 +62,14 @@ class Latency:
     runs: int
     threads: int
     device: str
+    spread: float = 0.0
+    repeat_medians_s: tuple[float, ...] = ()
+
+    @property
+    def noisy(self) -> bool:
+        """True when the repeats spread by more than `NOISY_SPREAD` (10%) of the median: a speed-up
+        computed from this latency is then noise, not a measurement."""
+        return self.spread > NOISY_SPREAD
 
     @property
     def images_per_s(self) -> float:
@@ -57,8 +88,9 @@ class Measurement:
 
     def to_row(self) -> dict:
         """One flat table row: params, macs, size_mb (10^6 bytes, None without a checkpoint),
-        latency_b{N}_ms and throughput_b{N} (images/s) for each batch size N in increasing order,
-        then threads and device (None when no latency was measured)."""
+        latency_b{N}_ms (median), latency_b{N}_spread (`Latency.spread`, a fraction) and
+        throughput_b{N} (images/s) for each batch size N in increasing order, then threads and
+        device (None when no latency was measured)."""
         row: dict = {
             "params": self.params,
             "macs": self.macs,
@@ -66,6 +98,7 @@ class Measurement:
         }
         for n in sorted(self.latency):
             row[f"latency_b{n}_ms"] = self.latency[n].median_s * 1e3
+            row[f"latency_b{n}_spread"] = self.latency[n].spread
             row[f"throughput_b{n}"] = self.latency[n].images_per_s
         first = next(iter(self.latency.values()), None)
         row["threads"] = None if first is None else first.threads
@@ -158,19 +191,24 @@ def measure_latency(
     device: torch.device | str = "cpu",
     threads: int | None = None,
     min_run_time: float = 1.0,
+    repeats: int = REPEATS,
 ) -> Latency:
-    """Median wall time of ``model(x)`` for x of shape (batch_size, *input_shape) on `device`.
+    """Median wall time of ``model(x)`` for x of shape (batch_size, *input_shape) on `device`, over
+    `repeats` independent repeats, with their spread (see `Latency`).
 
     Uses ``torch.utils.benchmark.Timer`` with `threads` intra-op threads (default: the current
     ``torch.get_num_threads()``), under ``torch.inference_mode()`` with the model in eval mode, after
-    warm-up calls and up to `WARMUP_SECONDS` of untimed runs; ``blocked_autorange`` then times
-    blocks of calls for at least `min_run_time` seconds. On CUDA the timer synchronises the device
-    around each block. The model is moved (as a copy) only if it is not already on `device`.
+    warm-up calls and up to `WARMUP_SECONDS` of untimed runs. Then `repeats` runs of
+    ``blocked_autorange`` each time blocks of calls for at least ``min_run_time / repeats`` seconds,
+    so `min_run_time` is the timing budget in seconds of the whole measurement (each repeat also
+    times at least one block, and sizes its blocks first). On CUDA the timer synchronises the
+    device around each block. The model is moved (as a copy) only if it is not already on `device`.
     """
     shape = _check_input_shape(input_shape)
     _check_positive("batch_size", batch_size)
     threads = torch.get_num_threads() if threads is None else threads
     _check_positive("threads", threads)
+    _check_positive("repeats", repeats)
     if not min_run_time > 0:
         raise ValueError(f"min_run_time must be a positive number of seconds, not {min_run_time!r}.")
     dev = _resolve_device(device)
@@ -188,14 +226,19 @@ def measure_latency(
         # take tens of milliseconds to settle after the thread count or the input shape changes.
         timer.timeit(WARMUP_CALLS)
         timer.blocked_autorange(min_run_time=min(WARMUP_SECONDS, min_run_time))
-        result = timer.blocked_autorange(min_run_time=min_run_time)
+        results = [timer.blocked_autorange(min_run_time=min_run_time / repeats) for _ in range(repeats)]
+    medians = tuple(float(r.median) for r in results)
+    per_call = [float(t) for r in results for t in r.times]
+    q1, q3 = np.quantile(per_call, [0.25, 0.75])
     return Latency(
         batch_size=batch_size,
-        median_s=float(result.median),
-        iqr_s=float(result.iqr),
-        runs=len(result.times),
+        median_s=float(np.median(medians)),
+        iqr_s=float(q3 - q1),
+        runs=len(per_call),
         threads=threads,
         device=str(dev),
+        spread=relative_iqr(medians),
+        repeat_medians_s=medians,
     )
 
 
@@ -208,16 +251,21 @@ def measure_model(
     threads: int | None = None,
     checkpoint_path: str | os.PathLike | None = None,
     min_run_time: float = 1.0,
+    repeats: int = REPEATS,
 ) -> Measurement:
     """Parameters, MACs per image (`count_macs`), checkpoint size in bytes (None without
-    `checkpoint_path`) and latency at each batch size (`measure_latency`; none if empty)."""
+    `checkpoint_path`) and latency at each batch size (`measure_latency` with `min_run_time` seconds
+    of timing in `repeats` repeats; none if `batch_sizes` is empty)."""
     shape = _check_input_shape(input_shape)
     for n in batch_sizes:
         _check_positive("every batch size", n)
     threads = torch.get_num_threads() if threads is None else threads
     _check_positive("threads", threads)
+    _check_positive("repeats", repeats)
     latency = {
-        n: measure_latency(model, shape, n, device=device, threads=threads, min_run_time=min_run_time)
+        n: measure_latency(
+            model, shape, n, device=device, threads=threads, min_run_time=min_run_time, repeats=repeats
+        )
         for n in sorted(set(batch_sizes))
     }
     return Measurement(

@@ -1,21 +1,27 @@
 """Comparison tables of models (original, pruned, fine-tuned, …): pandas in, CSV and Markdown out.
 
 No measuring here: rows come from `measure.Measurement.to_row()` plus a name and a test accuracy;
-this module only adds the reduction ratios and writes the table.
+this module only adds the reduction ratios, writes the table, and warns about latencies whose
+repeats spread too much to trust a speed-up (`latency_warnings`).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
+from compresskit.measure import NOISY_SPREAD
+
 REDUCTIONS = {"macs_reduction": "macs", "latency_reduction_b1": "latency_b1_ms",
               "latency_reduction_b128": "latency_b128_ms"}  # fmt: skip
-LEADING_COLUMNS = ["model", "params", "macs", "size_mb", "latency_b1_ms", "latency_b128_ms",
-                   "throughput_b1", "throughput_b128", "test_acc", *REDUCTIONS]  # fmt: skip
+LEADING_COLUMNS = ["model", "params", "macs", "size_mb", "latency_b1_ms", "latency_b1_spread",
+                   "latency_b128_ms", "latency_b128_spread", "throughput_b1", "throughput_b128",
+                   "test_acc", *REDUCTIONS]  # fmt: skip
+SPREAD_COLUMN = re.compile(r"latency_b(\d+)_spread")
 
 
 def comparison_table(rows: Sequence[dict], baseline: int = 0) -> pd.DataFrame:
@@ -43,25 +49,76 @@ def _cell(value: object) -> str:
     return str(value).replace("|", "\\|")
 
 
+def _spread_columns(table: pd.DataFrame) -> list[tuple[int, str]]:
+    """(batch size, column) of every ``latency_b{N}_spread`` column, by batch size."""
+    found = [(int(m.group(1)), str(c)) for c in table.columns if (m := SPREAD_COLUMN.fullmatch(str(c)))]
+    return sorted(found)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
 def markdown_table(table: pd.DataFrame) -> str:
     """The table as GitHub Markdown (numbers: integers with thousands separators, floats to 4
-    significant digits)."""
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    for row in table.itertuples(index=False):
-        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+    significant digits). A ``latency_b{N}_ms`` column that has a ``latency_b{N}_spread`` column
+    shows as ``median ± spread%`` (e.g. ``1.23 ± 4%``, the spread in percent of the median) and the
+    spread column is left out."""
+    folded = {f"latency_b{n}_ms": c for n, c in _spread_columns(table) if f"latency_b{n}_ms" in table}
+    shown = [str(c) for c in table.columns if c not in folded.values()]
+    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    for values in zip(*(table[c] for c in table.columns), strict=True):
+        row = dict(zip(map(str, table.columns), values, strict=True))
+        cells = []
+        for column in shown:
+            cell = _cell(row[column])
+            spread = row.get(folded.get(column, ""))
+            if _is_number(row[column]) and _is_number(spread):
+                cell += f" ± {100 * spread:.0f}%"
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def latency_warnings(table: pd.DataFrame, baseline: int = 0) -> list[str]:
+    """One sentence per latency whose repeats spread by more than `measure.NOISY_SPREAD` (10%) of
+    its median (a ``latency_b{N}_spread`` value above 0.10), row by row, batch sizes in increasing
+    order; none when the table has no spread columns. The model is named by the ``model`` column
+    (else the row's index). A noisy `baseline` row (position, as in `comparison_table`) makes every
+    speed-up at that batch size noise, and its sentence says so."""
+    if not len(table):
+        return []
+    base = baseline % len(table)
+    names = table["model"] if "model" in table else pd.Series(table.index, index=table.index)
+    warnings = []
+    for i in range(len(table)):
+        for n, column in _spread_columns(table):
+            spread = table[column].iloc[i]
+            if not (_is_number(spread) and spread > NOISY_SPREAD):
+                continue
+            if i == base:
+                consequence = f"treat every speed-up at batch {n} (relative to it) as noise"
+            else:
+                consequence = "treat its speed-up as noise"
+            warnings.append(
+                f"latency of {names.iloc[i]} at batch {n} varies by {100 * spread:.0f}% between "
+                f"repeats; {consequence}"
+            )
+    return warnings
 
 
 def write_report(
     table: pd.DataFrame, directory: str | Path, title: str, notes: Sequence[str] = ()
 ) -> list[Path]:
-    """Write ``report.csv`` and ``report.md`` (a title, the table, then `notes` as bullet lines) into
-    `directory`; returns the two paths."""
+    """Write ``report.csv`` and ``report.md`` (a title, the table, then `notes` as bullet lines, then
+    one ``warning:`` bullet per noisy latency, `latency_warnings`) into `directory`; returns the two
+    paths."""
     directory = Path(directory)
     csv_path, md_path = directory / "report.csv", directory / "report.md"
     table.to_csv(csv_path, index=False)
     body = [f"# {title}", "", markdown_table(table)]
-    if notes:
-        body += [f"- {note}" for note in notes] + [""]
+    lines = [*notes, *(f"warning: {warning}" for warning in latency_warnings(table))]
+    if lines:
+        body += [f"- {line}" for line in lines] + [""]
     md_path.write_text("\n".join(body))
     return [csv_path, md_path]

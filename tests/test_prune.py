@@ -140,6 +140,45 @@ def test_separation_importance_removes_the_noise_channel_first():
     assert by_magnitude.features[0][0].weight[0, 1, 1, 1] == 3.0  # magnitude keeps the noise
 
 
+def test_separation_importance_prunes_the_mlp_hidden_layer_by_fisher_ratio():
+    # cnn_bn with an mlp head: a third of the hidden units get 10× larger weights but a bias so
+    # negative that their ReLU never fires (Fisher ratio 0, yet the largest magnitude). Separation
+    # must halve the hidden layer like l1 does, keeping exactly the units of highest Fisher ratio of
+    # their post-ReLU activation, and still prune the convs by the Fisher ratio of their channels.
+    model, spec = vgg(width=0.25, head="mlp", name="cnn_bn")
+    hidden = model.head[1]
+    width = spec.head_width
+    dead = torch.arange(0, width, 3)
+    with torch.no_grad():
+        hidden.bias.copy_(torch.linspace(10.0, 11.0, width))  # distinct (kept units show in it), always on
+        hidden.weight[dead] *= 10
+        hidden.bias[dead] = -1e4
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(10).repeat(6)
+    x = torch.randn(60, 3, 32, 32, generator=g) + torch.randn(10, 3, 32, 32, generator=g)[labels]
+    batches = [(x[:30], labels[:30]), (x[30:], labels[30:])]
+    with torch.no_grad():
+        fisher_units = fisher_ratio(torch.relu(hidden(model.head[0](model.features(x)))), labels)
+        fisher_conv0 = fisher_ratio(model.features[0](x).mean((2, 3)), labels)
+    assert (fisher_units[dead] == 0).all()
+    assert (fisher_units > 0).sum() == width - len(dead)
+    keep_units = fisher_units.topk(width // 2).indices.sort().values
+    keep_conv0 = fisher_conv0.topk(spec.conv_widths[0] // 2).indices.sort().values
+
+    pruned, new = prune_copy(model, spec, PruneConfig(ratio=0.5, importance="separation"), batches)
+    assert new.head_width == width // 2
+    assert new.conv_widths == [w // 2 for w in spec.conv_widths]
+    torch.testing.assert_close(pruned.head[1].bias, hidden.bias[keep_units], rtol=0, atol=0)
+    assert not (pruned.head[1].bias == -1e4).any()
+    bn0 = model.features[0][1]
+    torch.testing.assert_close(pruned.features[0][1].weight, bn0.weight[keep_conv0], rtol=0, atol=0)
+    assert pruned(x[:2]).shape == (2, 10)
+
+    by_magnitude, l1_spec = prune_copy(model, spec, PruneConfig(ratio=0.5, importance="l1"))
+    assert l1_spec.head_width == new.head_width
+    assert (by_magnitude.head[1].bias == -1e4).sum() == len(dead)  # magnitude keeps every dead unit
+
+
 def test_separation_scores_follow_the_model_between_steps():
     model, spec = vgg(width=0.125)
     x, y = torch.randn(40, 3, 32, 32), torch.arange(10).repeat(4)
@@ -187,12 +226,49 @@ def test_data_driven_importance_without_data_is_refused(importance):
         prune_copy(model, spec, PruneConfig(importance=importance))
 
 
-def test_taylor_pruning_uses_gradients():
-    model, spec = vgg(width=0.125)
-    x, y = torch.randn(20, 3, 32, 32), torch.arange(10).repeat(2)
-    _, new = prune_copy(model, spec, PruneConfig(ratio=0.5, importance="taylor"), [(x, y)])
-    assert new.conv_widths == [w // 2 for w in spec.conv_widths]
-    assert all(p.grad is None for p in model.parameters())
+def _two_channel_probe(batch_norm: bool = False):
+    """One conv layer, two channels: channel c copies input plane c (centre tap), channel 1 with 3×
+    the weight of channel 0, then max-pool and the linear output layer."""
+    spec = ModelSpec(name="probe", layers=[2, "M"], batch_norm=batch_norm, in_channels=2, num_classes=2)
+    model = build_model(spec, seed=0).eval()
+    conv = model.features[0][0]
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 1, 1] = 1.0
+        conv.weight[1, 1, 1, 1] = 3.0
+        if conv.bias is not None:
+            conv.bias.zero_()
+    return model, spec
+
+
+def _kept_channel(pruned) -> int:
+    """Which of the probe's two channels survived (read off the surviving filter's weights)."""
+    weight = pruned.features[0][0].weight
+    assert weight.shape[0] == 1
+    return 0 if weight[0, 0, 1, 1] == 1.0 else 1
+
+
+def test_taylor_importance_keeps_the_channel_that_matters_on_the_calibration_data():
+    # On calibration data where input plane 1 is negative, channel 1's ReLU is always off: its
+    # weights are the largest (magnitude keeps it) but get zero gradient, so |w·dL/dw| = 0 and
+    # Taylor removes it. Swap the signs of the planes and Taylor's choice must swap with them.
+    model, spec = _two_channel_probe()
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(2).repeat(16)
+    positive, negative = torch.rand(32, 1, 32, 32, generator=g) + 0.5, -torch.rand(32, 1, 32, 32, generator=g)
+    plane0_on = torch.cat([positive, negative], 1)
+    plane1_on = torch.cat([negative, positive], 1)
+    cfg = PruneConfig(ratio=0.5, importance="taylor")
+    by_magnitude, _ = prune_copy(model, spec, PruneConfig(ratio=0.5, importance="l1"))
+    taylor0, new = prune_copy(
+        model, spec, cfg, [(plane0_on[:16], labels[:16]), (plane0_on[16:], labels[16:])]
+    )
+    taylor1, _ = prune_copy(model, spec, cfg, [(plane1_on, labels)])
+    assert new.conv_widths == [1]
+    assert _kept_channel(by_magnitude) == 1
+    assert _kept_channel(taylor0) == 0  # the big channel is dead on this data: Taylor drops it
+    assert _kept_channel(taylor1) == 1
+    assert all(p.grad is None for p in model.parameters())  # gradients only on the pruned copy
 
 
 def test_random_importance_is_seeded():

@@ -12,8 +12,8 @@ Importances (``--importance``):
 * ``bn-scale``: |γ| of the channel's batch norm (network slimming).
 * ``taylor``: first-order Taylor estimate |w·∂L/∂w| on calibration batches (needs data).
 * ``random``: a seeded random order, the baseline every criterion must beat.
-* ``separation`` (`SeparationImportance`): how well the channel alone separates the classes on
-  calibration batches (needs data), defined there.
+* ``separation`` (`SeparationImportance`): how well the channel (or an mlp head's hidden unit)
+  alone separates the classes on calibration batches (needs data), defined there.
 
 Per-layer ratios (``--allocate``): ``uniform`` prunes every conv layer by ``ratio`` of its
 channels (with ``scope="global"``, torch-pruning ranks all channels of the network together
@@ -101,6 +101,21 @@ def channel_outputs(model: nn.Module) -> dict[nn.Conv2d, nn.Module]:
     return found
 
 
+def unit_outputs(model: nn.Module) -> dict[nn.Linear, nn.Module]:
+    """Each hidden linear layer (every `nn.Linear` but the output layer, `output_layer`) → the
+    module whose output is that layer's activated output: the `nn.ReLU` right after it in the same
+    container when there is one (an mlp head's ``Linear → ReLU``), else the linear layer itself."""
+    found: dict[nn.Linear, nn.Module] = {}
+    linears = _linears(model)
+    for module in model.modules():
+        children = list(module.children())
+        for i, child in enumerate(children):
+            if isinstance(child, nn.Linear) and child is not linears[-1]:
+                after = children[i + 1] if i + 1 < len(children) else None
+                found[child] = after if isinstance(after, nn.ReLU) else child
+    return found
+
+
 def fisher_ratio(pooled: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-channel class separation of pooled activations n×C (labels n): between-class variance
     of the channel's value divided by its within-class variance (both population variances, so
@@ -123,7 +138,9 @@ class SeparationImportance(tp.importance.Importance):
     For conv channel c: take the channel's activated output (after its batch norm and ReLU),
     average it over the spatial positions (one number per image), and score the channel by the
     Fisher ratio of that number over the calibration images: between-class variance / within-class
-    variance (`fisher_ratio`). A channel whose value moves with the label scores high; one that is
+    variance (`fisher_ratio`). A hidden unit of an mlp head (the ``Linear → ReLU`` before the output
+    layer) is scored the same way by its post-ReLU activation, one number per image already
+    (`unit_outputs`). A channel or unit whose value moves with the label scores high; one that is
     noise, or dead, scores near 0 and is removed first. Call `refresh(model)` before each pruning
     step (channels and weights change); the torch-pruning pruner then asks for each group's scores.
     """
@@ -136,13 +153,20 @@ class SeparationImportance(tp.importance.Importance):
 
     @torch.no_grad()
     def refresh(self, model: nn.Module) -> None:
-        outputs = channel_outputs(model)
-        pooled: dict[nn.Module, list[torch.Tensor]] = {conv: [] for conv in outputs}
+        """Recompute every conv channel's and hidden unit's Fisher ratio on the calibration batches
+        (one forward pass over them, the model in eval mode and left in the mode it was in)."""
+        outputs: dict[nn.Module, nn.Module] = {**channel_outputs(model), **unit_outputs(model)}
+        pooled: dict[nn.Module, list[torch.Tensor]] = {layer: [] for layer in outputs}
+
+        def record(layer: nn.Module, out: torch.Tensor) -> None:
+            # n×C×H×W → n×C by a spatial mean; n×units is already one number per unit. The copy
+            # matters: an in-place ReLU after a hooked linear layer would overwrite its output.
+            values = out.detach().flatten(2).mean(2) if out.dim() > 2 else out.detach().clone()
+            pooled[layer].append(values.cpu())
+
         hooks = [
-            holder.register_forward_hook(
-                lambda module, inputs, out, conv=conv: pooled[conv].append(out.detach().mean((2, 3)).cpu())
-            )
-            for conv, holder in outputs.items()
+            holder.register_forward_hook(lambda module, inputs, out, layer=layer: record(layer, out))
+            for layer, holder in outputs.items()
         ]
         was_training = model.training
         model.eval()
@@ -156,11 +180,14 @@ class SeparationImportance(tp.importance.Importance):
                 hook.remove()
             model.train(was_training)
         y = torch.cat(labels)
-        self.scores = {conv: fisher_ratio(torch.cat(values), y) for conv, values in pooled.items()}
+        self.scores = {layer: fisher_ratio(torch.cat(values), y) for layer, values in pooled.items()}
 
     def __call__(self, group) -> torch.Tensor | None:
         for dep, idxs in group:
-            if dep.handler == tp.prune_conv_out_channels and dep.target.module in self.scores:
+            if (
+                dep.handler in (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
+                and dep.target.module in self.scores
+            ):
                 return self.scores[dep.target.module][list(idxs)].float()
         return None
 
