@@ -4,10 +4,15 @@ Every model is a `ConvNet`: ``features`` (a `nn.Sequential` of conv blocks — e
 ``Sequential(Conv2d 3×3 pad 1, [BatchNorm2d], ReLU)`` — and 2×2 max-pools) followed by ``head``.
 A `ModelSpec` lists every conv layer's output channels, so pruned networks with arbitrary
 per-layer widths rebuild exactly from the spec alone, with no pickled code.
+
+The model owns its structure: `ConvNet.named_blocks` lists its conv blocks (``block1…``), max-pools
+(``pool1…``) and head linear layers (``fc1…``) in forward order, with their module paths; capture,
+pruning, low-rank factorization, depth reduction and layer-wise training all walk that list.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -29,6 +34,7 @@ VGG_LAYERS: dict[str, list[int | str]] = {
     "cnn": [32, "M", 64, "M", 128, "M"],
 }  # fmt: skip
 HEADS = ("linear", "mlp")
+BLOCK_KINDS = ("block", "pool", "fc")
 MODEL_NAMES = tuple(f"{base}{bn}" for base in VGG_LAYERS for bn in ("", "_bn"))
 
 
@@ -101,10 +107,26 @@ class ModelSpec:
     def conv_widths(self) -> list[int]:
         return [int(c) for c in self.layers if c != POOL]
 
+    def conv_sides(self) -> list[int]:
+        """Output side length (pixels) of every conv layer, in order; see `conv_sides`."""
+        return conv_sides(self.layers, self.input_size)
+
     def feature_shape(self) -> tuple[int, int, int]:
         """Shape (C, H, W) of the last feature map, before the head."""
         side = self.input_size >> self.layers.count(POOL)
         return self.conv_widths[-1], side, side
+
+
+def conv_sides(layers: Sequence[int | str], input_size: int) -> list[int]:
+    """Output side length of every conv layer of a `ModelSpec.layers` plan on a square input of
+    `input_size` pixels: 3×3 convs (padding 1) keep the side, each 2×2 max-pool halves it."""
+    side, sides = input_size, []
+    for item in layers:
+        if item == POOL:
+            side //= 2
+        else:
+            sides.append(side)
+    return sides
 
 
 def _positive_int(value: object) -> bool:
@@ -202,6 +224,42 @@ def conv_block(
     return nn.Sequential(*parts)
 
 
+@dataclass(frozen=True)
+class Block:
+    """One unit of a `ConvNet`'s structure, as `ConvNet.named_blocks` lists them.
+
+    name: ``blockN``, ``poolN`` or ``fcN``, numbered from 1 within its kind in forward order.
+    kind: ``"block"`` (a conv block: ``Sequential(conv, [BatchNorm2d], ReLU)``, the conv an
+        `nn.Conv2d` or a `FactorizedConv2d`), ``"pool"`` (an `nn.MaxPool2d`) or ``"fc"`` (a linear
+        layer of the head: an `nn.Linear` or a `FactorizedLinear`).
+    index: N − 1, the position among the blocks of its kind (for a conv block, the index into
+        `ModelSpec.conv_widths` / ``conv_ranks``; for an fc, into ``linear_ranks``).
+    path: the module's path in ``model.named_modules()``, e.g. ``features.0`` or ``head.1``.
+    module: the block itself (the whole conv block, activation included, for kind ``block``).
+    """
+
+    name: str
+    kind: str
+    index: int
+    path: str
+    module: nn.Module
+
+    @property
+    def layer(self) -> nn.Module:
+        """The weight layer: a conv block's conv (its first child), an fc's own module. Raises
+        ValueError for a pool, which has none."""
+        if self.kind == "pool":
+            raise ValueError(f"{self.name} is a max-pool; it has no weight layer.")
+        return self.module[0] if self.kind == "block" else self.module  # type: ignore[index]
+
+    @property
+    def layer_path(self) -> str:
+        """Module path of `layer` (``features.3.0`` for a conv block's conv, ``head.1`` for an fc)."""
+        if self.kind == "pool":
+            raise ValueError(f"{self.name} is a max-pool; it has no weight layer.")
+        return f"{self.path}.0" if self.kind == "block" else self.path
+
+
 class ConvNet(nn.Module):
     """A VGG-style network built from a `ModelSpec`. Input B×C×32×32, output B×num_classes logits."""
 
@@ -239,6 +297,40 @@ class ConvNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+    def named_blocks(self, kind: str | None = None) -> list[Block]:
+        """Every conv block, max-pool and head linear layer in forward order (see `Block`), or only
+        those of one `kind` (``"block"``, ``"pool"`` or ``"fc"``). Read from the modules, so it
+        follows in-place changes such as pruning. Other head modules (flatten, ReLU, dropout,
+        global pool) are not blocks.
+
+        >>> [b.name for b in build_model(make_spec("cnn")).named_blocks()]
+        ['block1', 'pool1', 'block2', 'pool2', 'block3', 'pool3', 'fc1']
+        """
+        if kind is not None and kind not in BLOCK_KINDS:
+            raise ValueError(f"block kind '{kind}' is not known; choose one of: {', '.join(BLOCK_KINDS)}.")
+        found: list[Block] = []
+        counts = dict.fromkeys(BLOCK_KINDS, 0)
+        for prefix, container in (("features", self.features), ("head", self.head)):
+            for position, module in enumerate(container):
+                what = _block_kind(module)
+                if what is None:
+                    continue
+                index = counts[what]
+                found.append(Block(f"{what}{index + 1}", what, index, f"{prefix}.{position}", module))
+                counts[what] += 1
+        return found if kind is None else [b for b in found if b.kind == kind]
+
+
+def _block_kind(module: nn.Module) -> str | None:
+    """block, pool or fc for a direct child of `ConvNet.features` or ``head``; None for the rest."""
+    if isinstance(module, nn.Sequential):
+        return "block"
+    if isinstance(module, nn.MaxPool2d):
+        return "pool"
+    if isinstance(module, (nn.Linear, FactorizedLinear)):
+        return "fc"
+    return None
 
 
 def init_weights(model: nn.Module) -> None:

@@ -24,7 +24,7 @@ from compresskit.analysis import (
 )
 from compresskit.data import ImageSplit, Loader, balanced_subset, stratified_split
 from compresskit.errors import CompresskitError
-from compresskit.models import build_model, make_spec
+from compresskit.models import ModelSpec, build_model, make_spec
 from compresskit.runs import _fitted_train_indices
 
 
@@ -64,6 +64,19 @@ def test_regex_selects_by_module_path_and_keeps_block_names():
         ("block1", "features.0"),
         ("block3", "features.4"),
     ]
+
+
+def test_a_factorized_model_keeps_the_block_and_fc_names_and_paths():
+    spec = make_spec("vgg11_bn", 10, width=0.125, head="mlp")
+    factorized = build_model(ModelSpec(**{**spec.to_dict(), "conv_ranks": [None, 3] + [None] * 6,
+                                          "linear_ranks": [5, None]}))  # fmt: skip
+    for selection in ("blocks", "pools"):
+        plain = [(layer.name, layer.path) for layer in select_layers(vgg11("mlp"), selection)]
+        assert [(layer.name, layer.path) for layer in select_layers(factorized, selection)] == plain
+    inner = select_layers(factorized, r"^features\.2\.0\.|^head\.1\.")
+    assert [layer.name for layer in inner] == [
+        "features.2.0.reduce", "features.2.0.expand", "head.1.reduce", "head.1.expand",
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("selection", ["features\\.(", "nothing-matches-this"])

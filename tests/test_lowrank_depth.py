@@ -196,3 +196,15 @@ def test_truncate_keeps_block_weights_and_attaches_a_fresh_head():
     first_linear = next(m for m in short.head.modules() if isinstance(m, nn.Linear))
     assert first_linear.in_features == 32 * 4 * 4
     assert short(x).shape == (2, 10)
+
+
+def test_truncate_keeps_factorized_block_weights():
+    model, spec = vgg()
+    cfg = LowRankConfig(rank_ratio=0.25, layers="block2,block3")
+    factored, factored_spec, _ = factorize(model, spec, cfg)
+    short, short_spec = truncate(factored, factored_spec, 3)
+    assert short_spec.conv_ranks == factored_spec.conv_ranks[:3]
+    assert isinstance(short.features[4][0], FactorizedConv2d)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(short.features(x), factored.features[:5](x), rtol=0, atol=0)

@@ -11,8 +11,11 @@ from compresskit.errors import CompresskitError
 from compresskit.models import (
     MODEL_NAMES,
     ConvNet,
+    FactorizedConv2d,
+    FactorizedLinear,
     ModelSpec,
     build_model,
+    conv_sides,
     count_parameters,
     make_spec,
 )
@@ -257,3 +260,64 @@ def test_make_spec_bad_width(width):
 def test_make_spec_bad_head():
     with pytest.raises(CompresskitError, match="--head"):
         make_spec("cnn", head="attention")
+
+
+# ----------------------------------------------------------------------------- named blocks
+
+
+def test_named_blocks_of_vgg11_bn_are_eight_blocks_five_pools_and_fc1_in_forward_order():
+    model = build_model(make_spec("vgg11_bn", 10, width=0.125))
+    blocks = model.named_blocks()
+    assert [b.name for b in blocks] == [
+        "block1", "pool1", "block2", "pool2", "block3", "block4", "pool3",
+        "block5", "block6", "pool4", "block7", "block8", "pool5", "fc1",
+    ]  # fmt: skip
+    assert [b.path for b in blocks] == [f"features.{i}" for i in range(13)] + ["head.1"]
+    modules = dict(model.named_modules())
+    assert all(modules[b.path] is b.module for b in blocks)
+    convs = model.named_blocks("block")
+    assert [b.index for b in convs] == list(range(8))
+    assert [b.layer.out_channels for b in convs] == model.spec.conv_widths
+    assert all(isinstance(b.layer, torch.nn.Conv2d) and modules[b.layer_path] is b.layer for b in convs)
+    assert all(isinstance(b.module, torch.nn.MaxPool2d) for b in model.named_blocks("pool"))
+    (fc,) = model.named_blocks("fc")
+    assert (fc.name, fc.index, fc.layer, fc.layer_path) == ("fc1", 0, model.head[1], "head.1")
+
+
+def test_named_blocks_of_cnn_and_of_an_mlp_head():
+    cnn = build_model(make_spec("cnn", 10, width=0.25))
+    assert [b.name for b in cnn.named_blocks()] == [
+        "block1", "pool1", "block2", "pool2", "block3", "pool3", "fc1",
+    ]  # fmt: skip
+    mlp = build_model(make_spec("cnn_bn", 10, width=0.25, head="mlp", dropout=0.5, global_pool=True))
+    fcs = mlp.named_blocks("fc")  # head: avgpool, flatten, linear, relu, dropout, linear
+    assert [(b.name, b.path) for b in fcs] == [("fc1", "head.2"), ("fc2", "head.5")]
+    assert [b.module.out_features for b in fcs] == [mlp.spec.head_width, 10]
+
+
+def test_a_factorized_layer_is_still_one_block_or_one_fc():
+    spec = ModelSpec("f", [8, "M", 16, "M"], batch_norm=True, head="mlp", head_width=12,
+                     conv_ranks=[None, 4], linear_ranks=[3, None])  # fmt: skip
+    model = build_model(spec)
+    blocks = model.named_blocks()
+    assert [(b.name, b.path) for b in blocks] == [
+        ("block1", "features.0"), ("pool1", "features.1"), ("block2", "features.2"),
+        ("pool2", "features.3"), ("fc1", "head.1"), ("fc2", "head.3"),
+    ]  # fmt: skip
+    assert isinstance(blocks[2].layer, FactorizedConv2d) and blocks[2].layer_path == "features.2.0"
+    assert isinstance(blocks[4].module, FactorizedLinear) and blocks[4].layer is blocks[4].module
+    assert isinstance(blocks[5].module, torch.nn.Linear)
+
+
+def test_named_blocks_refuses_an_unknown_kind_and_a_pool_has_no_layer():
+    model = build_model(make_spec("cnn", 10, width=0.25))
+    with pytest.raises(ValueError, match="kind 'conv'"):
+        model.named_blocks("conv")
+    pool = model.named_blocks("pool")[0]
+    with pytest.raises(ValueError, match="pool1"):
+        _ = pool.layer
+
+
+def test_conv_sides_halve_at_every_pool():
+    assert conv_sides([64, "M", 128, "M", 256, 256, "M"], 32) == [32, 16, 8, 8]
+    assert make_spec("vgg11", width=0.125).conv_sides() == [32, 16, 8, 8, 4, 4, 2, 2]

@@ -6,16 +6,16 @@ so later in-place operations such as ``ReLU(inplace=True)`` cannot change them).
 
 Layer selections:
 
-* ``blocks`` (default): the output of every conv block after its activation (a container whose
-  direct children include a ``Conv2d``, as `compresskit.models.conv_block` builds them; a bare
-  ``Conv2d`` outside such a container counts as its own block) and of every ``Linear`` layer;
-* ``pools``: every max-pool output and every ``Linear`` layer (the VGG11 layer-wise study's view);
+* ``blocks`` (default): the output of every conv block after its activation (`ConvNet.named_blocks`
+  kind ``block``: ``Sequential(conv, [bn], relu)``) and of every linear layer of the head (``fc``);
+* ``pools``: every max-pool output and every linear layer (the VGG11 layer-wise study's view);
 * ``all``: every leaf module;
 * anything else is a regular expression matched (``re.search``) against module paths such as
   ``features.3`` or ``head.1``.
 
-Names: blocks are ``block1, block2, …``, pools ``pool1, …``, linear layers ``fc1, …``, numbered in
-model order whatever the selection; other modules keep their path.
+Names: blocks are ``block1, block2, …``, pools ``pool1, …``, linear layers ``fc1, …`` (a factorized
+layer counts as the one layer it replaces), numbered in model order whatever the selection, exactly
+as `ConvNet.named_blocks` names them; other modules keep their path.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compresskit.models import FACTORIZED, FactorizedConv2d, FactorizedLinear
+from compresskit.models import ConvNet
 
 LAYER_PRESETS = ("blocks", "pools", "all")
 
@@ -42,49 +42,22 @@ class Layer:
     module: nn.Module
 
 
-_CONVS = (nn.Conv2d, FactorizedConv2d)
-
-
-def _is_conv_block(module: nn.Module) -> bool:
-    return not isinstance(module, FACTORIZED) and any(isinstance(c, _CONVS) for c in module.children())
-
-
-def _kind(module: nn.Module, inside: bool) -> str | None:
-    """block, pool or fc; None for other modules and for anything inside a block or a factorized
-    layer (a factorized layer counts as the one layer it replaces)."""
-    if inside:
-        return None
-    if isinstance(module, (nn.Linear, FactorizedLinear)):
-        return "fc"
-    if isinstance(module, nn.MaxPool2d):
-        return "pool"
-    if _is_conv_block(module) or isinstance(module, _CONVS):
-        return "block"
-    return None
-
-
-def named_layers(model: nn.Module) -> list[tuple[str, str, nn.Module, str | None]]:
-    """Every module of `model` in order as ``(name, path, module, kind)``; kind is block, pool, fc
-    or None. The root module itself is left out."""
+def named_layers(model: ConvNet) -> list[tuple[str, str, nn.Module, str | None]]:
+    """Every module of `model` in order as ``(name, path, module, kind)``: the blocks of
+    `ConvNet.named_blocks` under their names (``block1``, ``pool1``, ``fc1``…) with their kind
+    (block, pool or fc), every other module under its path with kind None. The root module itself
+    is left out."""
+    blocks = {block.path: block for block in model.named_blocks()}
     rows: list[tuple[str, str, nn.Module, str | None]] = []
-    counters = {"block": 0, "pool": 0, "fc": 0}
-    enclosing: list[str] = []  # paths of blocks and factorized layers
     for path, module in model.named_modules():
         if not path:
             continue
-        inside = any(path.startswith(p + ".") for p in enclosing)
-        kind = _kind(module, inside)
-        if kind is not None or isinstance(module, FACTORIZED):
-            enclosing.append(path)
-        if kind is not None:
-            counters[kind] += 1
-            rows.append((f"{kind}{counters[kind]}", path, module, kind))
-        else:
-            rows.append((path, path, module, None))
+        block = blocks.get(path)
+        rows.append((block.name, path, module, block.kind) if block else (path, path, module, None))
     return rows
 
 
-def select_layers(model: nn.Module, selection: str = "blocks") -> list[Layer]:
+def select_layers(model: ConvNet, selection: str = "blocks") -> list[Layer]:
     """The layers of `model` that `selection` names (a preset or a regex over module paths).
 
     Raises ValueError for an invalid regular expression or a selection that matches nothing.

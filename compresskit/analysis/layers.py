@@ -22,11 +22,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from compresskit.analysis.capture import Layer, iterate_layer_outputs, select_layers
+from compresskit.analysis.capture import Layer, iterate_layer_outputs
 from compresskit.analysis.probes import linear_probe, pool_features
 from compresskit.analysis.separation import StreamingCenterSeparation, separation_index
 from compresskit.data import Loader
 from compresskit.errors import CompresskitError
+from compresskit.models import ConvNet
 from compresskit.progress import Progress
 
 METRICS = ("csi", "si", "probe")
@@ -153,10 +154,10 @@ def layer_table(
 
 
 def block_csi(
-    model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]
+    model: ConvNet, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]
 ) -> tuple[list[float], float]:
     """CSI of every conv block's output on `batches` (in model order), and of the input images."""
-    layers = [layer for layer in select_layers(model, "blocks") if layer.name.startswith("block")]
+    layers = [Layer(block.name, block.path, block.module) for block in model.named_blocks("block")]
     streams = {layer.name: StreamingCenterSeparation() for layer in layers}
     pixels = StreamingCenterSeparation()
     for outputs, y in iterate_layer_outputs(model, iter(batches), layers):

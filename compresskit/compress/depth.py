@@ -69,12 +69,7 @@ def truncate(model: ConvNet, spec: ModelSpec, keep: int, *, seed: int = 0) -> tu
         raise CompresskitError(f"cannot keep {keep} of the model's {len(spec.conv_widths)} conv blocks.")
     new_spec = truncated_spec(spec, keep)
     new = build_model(new_spec, seed=seed).to(next(model.parameters()).device)
-    kept = len(new_spec.layers)
-    state = {
-        key: value
-        for key, value in model.state_dict().items()
-        if key.startswith("features.") and int(key.split(".")[1]) < kept
-    }
-    missing, unexpected = new.load_state_dict(state, strict=False)
-    assert not unexpected and all(k.startswith("head.") for k in missing)
+    kept = model.named_blocks("block")[:keep]
+    for old_block, new_block in zip(kept, new.named_blocks("block"), strict=True):
+        new_block.module.load_state_dict(old_block.module.state_dict())
     return new.train(model.training), new_spec

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from compresskit.errors import CompresskitError
-from compresskit.models import ConvNet, FactorizedConv2d, FactorizedLinear, ModelSpec
+from compresskit.models import Block, ConvNet, FactorizedConv2d, FactorizedLinear, ModelSpec
 
 
 @dataclass
@@ -108,31 +108,10 @@ def factorize_linear(linear: nn.Linear, rank: int) -> FactorizedLinear:
     return layer.to(linear.weight.device)
 
 
-def _layers(model: ConvNet) -> list[tuple[str, nn.Module, nn.Module, int]]:
-    """(name, parent, layer, index in parent) for every conv (block1…) and head linear (fc1…)."""
-    found = []
-    convs = 0
-    for block in model.features:
-        if isinstance(block, nn.Sequential):
-            convs += 1
-            found.append((f"block{convs}", block, block[0], 0))
-    linears = 0
-    for index, layer in enumerate(model.head):
-        if isinstance(layer, (nn.Linear, FactorizedLinear)):
-            linears += 1
-            found.append((f"fc{linears}", model.head, layer, index))
-    return found
-
-
-def _positions(spec: ModelSpec) -> list[int]:
-    """Output side length (pixels) of every conv layer of `spec`."""
-    side, sides = spec.input_size, []
-    for item in spec.layers:
-        if item == "M":
-            side //= 2
-        else:
-            sides.append(side * side)
-    return sides
+def _layers(model: ConvNet) -> list[Block]:
+    """The blocks with a weight layer, in order: every conv block (block1…; its conv is
+    ``block.layer``) and every linear layer of the head (fc1…)."""
+    return [block for block in model.named_blocks() if block.kind != "pool"]
 
 
 def factorize(
@@ -146,7 +125,7 @@ def factorize(
     """
     cfg.validate()
     layers = _layers(model)
-    names = [name for name, *_ in layers]
+    names = [block.name for block in layers]
     if cfg.layers.strip() == "all":
         chosen = set(names)
     else:
@@ -157,14 +136,13 @@ def factorize(
             f"--layers '{cfg.layers}' names no layer of this model ({', '.join(unknown) or 'empty'}); "
             f"choose all or from: {', '.join(names)}."
         )
-    pixels = _positions(spec)
+    pixels = [side * side for side in spec.conv_sides()]
     conv_ranks = list(spec.conv_ranks or [None] * len(spec.conv_widths))
     linear_ranks = list(spec.linear_ranks or [None] * (2 if spec.head == "mlp" else 1))
     replacements: dict[str, nn.Module] = {}
     plans = []
-    for name, _, layer, _ in layers:
-        is_conv = name.startswith("block")
-        position = int(name[5:] if is_conv else name[2:]) - 1
+    for block in layers:
+        name, layer, position, is_conv = block.name, block.layer, block.index, block.kind == "block"
         if isinstance(layer, (FactorizedConv2d, FactorizedLinear)):
             plans.append(LayerPlan(name, "—", layer.rank, layer.rank, 1.0, 0, 0, "kept: already factorized"))
             continue
@@ -211,11 +189,9 @@ def _merged_state(model: ConvNet, new_model: ConvNet, replacements: dict[str, nn
     """The new model's state dict: the old weights where the structure is unchanged, the SVD
     factors where a layer was replaced."""
     state = dict(model.state_dict())
-    new_layers = {name: (parent, index) for name, parent, _, index in _layers(new_model)}
-    prefixes = {id(m): p for p, m in new_model.named_modules()}
+    paths = {block.name: block.layer_path for block in _layers(new_model)}
     for name, replacement in replacements.items():
-        parent, index = new_layers[name]
-        prefix = prefixes[id(parent)] + f".{index}"
+        prefix = paths[name]
         for key in [k for k in state if k.startswith(prefix + ".")]:
             del state[key]
         for key, value in replacement.state_dict().items():

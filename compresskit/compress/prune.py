@@ -32,7 +32,7 @@ import torch_pruning as tp
 from torch import nn
 
 from compresskit.errors import CompresskitError
-from compresskit.models import FACTORIZED, POOL, ConvNet, ModelSpec
+from compresskit.models import FACTORIZED, POOL, ConvNet, ModelSpec, conv_sides
 
 IMPORTANCES = ("l1", "l2", "bn-scale", "taylor", "random", "separation")
 NEEDS_DATA = ("taylor", "separation")
@@ -86,33 +86,22 @@ def _choice(flag: str, value: str, allowed: Sequence[str]) -> None:
 # --------------------------------------------------------------------------- separation importance
 
 
-def channel_outputs(model: nn.Module) -> dict[nn.Conv2d, nn.Module]:
-    """Each conv layer → the module whose output is that conv's activated output: its conv block
-    (``Sequential(conv, [bn], relu)``) when it has one, else the conv itself."""
-    found: dict[nn.Conv2d, nn.Module] = {}
-    for module in model.modules():
-        children = list(module.children())
-        convs = [c for c in children if isinstance(c, nn.Conv2d)]
-        if len(convs) == 1 and not isinstance(module, nn.Conv2d):
-            found[convs[0]] = module
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d) and module not in found:
-            found[module] = module
-    return found
+def channel_outputs(model: ConvNet) -> dict[nn.Module, nn.Module]:
+    """Each conv layer (in order) → the module whose output is that conv's activated output: its
+    conv block ``Sequential(conv, [bn], relu)`` (`ConvNet.named_blocks` kind ``block``)."""
+    return {block.layer: block.module for block in model.named_blocks("block")}
 
 
-def unit_outputs(model: nn.Module) -> dict[nn.Linear, nn.Module]:
-    """Each hidden linear layer (every `nn.Linear` but the output layer, `output_layer`) → the
-    module whose output is that layer's activated output: the `nn.ReLU` right after it in the same
-    container when there is one (an mlp head's ``Linear → ReLU``), else the linear layer itself."""
-    found: dict[nn.Linear, nn.Module] = {}
-    linears = _linears(model)
-    for module in model.modules():
-        children = list(module.children())
-        for i, child in enumerate(children):
-            if isinstance(child, nn.Linear) and child is not linears[-1]:
-                after = children[i + 1] if i + 1 < len(children) else None
-                found[child] = after if isinstance(after, nn.ReLU) else child
+def unit_outputs(model: ConvNet) -> dict[nn.Module, nn.Module]:
+    """Each hidden linear layer of the head (every fc block but the output layer, `output_layer`)
+    → the module whose output is that layer's activated output: the `nn.ReLU` right after it in the
+    head when there is one (an mlp head's ``Linear → ReLU``), else the linear layer itself."""
+    head = list(model.head)
+    found: dict[nn.Module, nn.Module] = {}
+    for fc in model.named_blocks("fc")[:-1]:
+        position = head.index(fc.module)
+        after = head[position + 1] if position + 1 < len(head) else None
+        found[fc.module] = after if isinstance(after, nn.ReLU) else fc.module
     return found
 
 
@@ -152,7 +141,7 @@ class SeparationImportance(tp.importance.Importance):
         self.scores: dict[nn.Module, torch.Tensor] = {}
 
     @torch.no_grad()
-    def refresh(self, model: nn.Module) -> None:
+    def refresh(self, model: ConvNet) -> None:
         """Recompute every conv channel's and hidden unit's Fisher ratio on the calibration batches
         (one forward pass over them, the model in eval mode and left in the mode it was in)."""
         outputs: dict[nn.Module, nn.Module] = {**channel_outputs(model), **unit_outputs(model)}
@@ -198,13 +187,11 @@ class SeparationImportance(tp.importance.Importance):
 def conv_macs(layers: Sequence[int | str], in_channels: int, input_size: int = 32) -> int:
     """Multiply-accumulates of the 3×3 convolutions of a `ModelSpec.layers` plan (the bulk of a
     VGG's cost; the head is left out): Σ H·W·9·c_in·c_out."""
-    total, side, c_in = 0, input_size, in_channels
-    for item in layers:
-        if item == POOL:
-            side //= 2
-        else:
-            total += side * side * 9 * c_in * int(item)
-            c_in = int(item)
+    total, c_in = 0, in_channels
+    widths = [int(item) for item in layers if item != POOL]
+    for side, c_out in zip(conv_sides(layers, input_size), widths, strict=True):
+        total += side * side * 9 * c_in * c_out
+        c_in = c_out
     return total
 
 
@@ -288,16 +275,19 @@ def _importance(cfg: PruneConfig, batches: Batches | None) -> tp.importance.Impo
     return SeparationImportance(batches)
 
 
-def _linears(model: nn.Module) -> list[nn.Linear]:
-    return [m for m in model.modules() if isinstance(m, nn.Linear)]
+def _linears(model: ConvNet) -> list[nn.Module]:
+    """The head's linear layers in order (`ConvNet.named_blocks` kind ``fc``)."""
+    return [fc.module for fc in model.named_blocks("fc")]
 
 
-def output_layer(model: nn.Module) -> nn.Linear:
-    """The classifier's output layer (the last `nn.Linear`); never pruned."""
-    linears = _linears(model)
-    if not linears:
-        raise CompresskitError("the model has no linear output layer.")
-    return linears[-1]
+def _convs(model: ConvNet) -> list[nn.Module]:
+    """The conv layer of every conv block, in order."""
+    return [block.layer for block in model.named_blocks("block")]
+
+
+def output_layer(model: ConvNet) -> nn.Module:
+    """The classifier's output layer (the last linear layer of the head); never pruned."""
+    return _linears(model)[-1]
 
 
 class ChannelPruner:
@@ -328,7 +318,7 @@ class ChannelPruner:
             raise CompresskitError("--importance bn-scale needs a model with batch norm (a *_bn model).")
         self.model, self.cfg, self.batches = model, cfg, batches
         self.importance = _importance(cfg, batches)
-        convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+        convs = _convs(model)
         if sum(c.out_channels for c in convs) <= len(convs):
             raise CompresskitError("the model has nothing left to prune: every conv layer has one channel.")
         ratio_dict = None
@@ -357,7 +347,7 @@ class ChannelPruner:
             self._accumulate_gradients()
         self.pruner.step()
         self.model.zero_grad(set_to_none=True)
-        return [m.out_channels for m in self.model.modules() if isinstance(m, nn.Conv2d)]
+        return [conv.out_channels for conv in _convs(self.model)]
 
     def _accumulate_gradients(self) -> None:
         assert self.batches
@@ -372,11 +362,11 @@ class ChannelPruner:
 def pruned_spec(model: ConvNet, spec: ModelSpec) -> ModelSpec:
     """The `ModelSpec` of a pruned copy of a model built from `spec`: new conv widths, new mlp
     hidden width; everything else unchanged."""
-    widths = iter(m.out_channels for m in model.features.modules() if isinstance(m, nn.Conv2d))
+    widths = iter(conv.out_channels for conv in _convs(model))
     layers = [item if item == POOL else next(widths) for item in spec.layers]
     head_width = spec.head_width
     if spec.head == "mlp":
-        head_width = next(m for m in model.head.modules() if isinstance(m, nn.Linear)).out_features
+        head_width = _linears(model)[0].out_features
     new = ModelSpec(**{**spec.to_dict(), "layers": layers, "head_width": head_width})
     new.validate()
     return new
