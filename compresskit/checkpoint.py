@@ -33,6 +33,7 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     meta: dict = field(default_factory=dict)
     path: Path | None = None
+    training: dict | None = None  # a `train.TrainingState` as a dict, in resumable ``last.pt`` files only
 
     def build(self, device: torch.device | str = "cpu") -> ConvNet:
         """The model with these weights, in eval mode, on `device`."""
@@ -48,9 +49,16 @@ class Checkpoint:
 
 
 def save_checkpoint(
-    path: str | Path, spec: ModelSpec, weights: nn.Module | dict, meta: dict | None = None
+    path: str | Path,
+    spec: ModelSpec,
+    weights: nn.Module | dict,
+    meta: dict | None = None,
+    *,
+    training: dict | None = None,
 ) -> Path:
-    """Write a checkpoint atomically; `weights` is a model or a state dict. Returns the path."""
+    """Write a checkpoint atomically; `weights` is a model or a state dict. `training` (tensors and
+    plain values, e.g. `train.TrainingState.to_dict()`) makes it a point a run can resume from.
+    Returns the path."""
     path = Path(path)
     meta = dict(meta or {})
     try:
@@ -65,6 +73,8 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu().clone() for k, v in state.items()},
         "meta": meta,
     }
+    if training is not None:
+        payload["training"] = training
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _create_temporary(path)
     try:
@@ -129,4 +139,6 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         spec = ModelSpec.from_dict(payload.get("spec"))
     except (CompresskitError, TypeError) as exc:
         raise CompresskitError(f"--checkpoint {path} has an invalid model spec: {exc}") from None
-    return Checkpoint(spec=spec, state_dict=state, meta=payload.get("meta") or {}, path=path)
+    training = payload.get("training")
+    return Checkpoint(spec=spec, state_dict=state, meta=payload.get("meta") or {}, path=path,
+                      training=training if isinstance(training, dict) else None)  # fmt: skip

@@ -4,8 +4,9 @@ Stage k trains the first k conv blocks of the model's plan (each with the max-po
 in the plan, if any) under a fresh auxiliary head ``Flatten → Linear(C·H·W, head_width) → ReLU →
 Linear(head_width, classes)``. Stage k+1 copies the blocks of stage k, appends the next block
 and a new head. With ``freeze`` (the study's variant B) the earlier blocks are frozen: their
-weights get no gradient and their batch-norm statistics stop moving (momentum 0). Without it
-(variant C) they keep training. ``aug_switch`` changes the training augmentation from a given
+weights get no gradient and they run in eval mode (batch norm uses, and keeps, its running
+statistics), so their outputs and buffers do not change. Without it (variant C) they keep
+training. ``aug_switch`` changes the training augmentation from a given
 stage on (variants D/E). The last stage is the whole network with its last head: an ordinary
 `ConvNet` with an mlp head, which every other command accepts.
 """
@@ -21,7 +22,7 @@ from torch import nn
 from compresskit.compress.depth import truncated_spec
 from compresskit.errors import CompresskitError
 from compresskit.models import ConvNet, ModelSpec, build_model, count_parameters
-from compresskit.train import FitResult, TrainConfig, fit
+from compresskit.train import FitResult, TrainConfig, TrainingState, fit
 
 
 @dataclass
@@ -92,8 +93,11 @@ def grow(previous: ConvNet | None, spec: ModelSpec, stage: int, *, seed: int) ->
 
 
 def freeze_earlier_blocks(model: ConvNet, stage: int) -> list[nn.Parameter]:
-    """Freeze every conv block before the newest one (no gradient, batch-norm momentum 0) and return
-    the parameters that still train."""
+    """Freeze every conv block before the newest one and return the parameters that still train.
+
+    Frozen means unchanged outputs and buffers: no gradient, and the block stays in eval mode even
+    when the model is put in training mode, so its batch norm normalises with its running
+    statistics and never updates them."""
     convs = 0
     for block in model.features:
         if isinstance(block, nn.Sequential):
@@ -101,19 +105,23 @@ def freeze_earlier_blocks(model: ConvNet, stage: int) -> list[nn.Parameter]:
             if convs < stage:
                 for p in block.parameters():
                     p.requires_grad_(False)
-                for m in block.modules():
-                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                        m.momentum = 0.0
+                block.train = _stay_in_eval.__get__(block)  # type: ignore[method-assign]
+                block.eval()
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def _stay_in_eval(self: nn.Module, mode: bool = True) -> nn.Module:
+    """`nn.Module.train` of a frozen block: whatever is asked, the block and its children stay in
+    eval mode."""
+    return nn.Module.train(self, False)
+
+
 def unfreeze(model: ConvNet) -> None:
-    """Undo `freeze_earlier_blocks` (batch norm back to PyTorch's default momentum, 0.1)."""
+    """Undo `freeze_earlier_blocks`: every parameter trains and every block follows `train()`."""
     for p in model.parameters():
         p.requires_grad_(True)
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.momentum = 0.1
+        m.__dict__.pop("train", None)
 
 
 @dataclass
@@ -129,6 +137,18 @@ class StageResult:
     last_state: dict[str, torch.Tensor]
 
 
+@dataclass
+class LayerwiseResume:
+    """Where a stopped layer-wise run continues: `stage` (1-based) with `previous`, the model of
+    the stage before it (best-validation weights; None for stage 1), and the stage's own
+    `model_state` and `fit` state after its last finished epoch (None: start the stage afresh)."""
+
+    stage: int
+    previous: ConvNet | None
+    model_state: dict[str, torch.Tensor] | None = None
+    fit: TrainingState | None = None
+
+
 def train_layerwise(
     spec: ModelSpec,
     cfg: LayerwiseConfig,
@@ -138,22 +158,34 @@ def train_layerwise(
     device: torch.device,
     progress=None,
     after_stage: Callable[[StageResult], None] | None = None,
+    on_epoch: Callable[[int, ConvNet, TrainingState], None] | None = None,
+    resume: LayerwiseResume | None = None,
 ) -> list[StageResult]:
-    """Run every stage; `loaders_for_stage(stage)` returns (train, val) loaders for that stage (so
-    the augmentation can switch). `after_stage` sees each stage's result with its best-validation
-    weights loaded. ``train_cfg.epochs`` is replaced by each stage's count."""
+    """Run every stage (from ``resume.stage`` on, with `resume`); `loaders_for_stage(stage)`
+    returns (train, val) loaders for that stage (so the augmentation can switch). `after_stage`
+    sees each stage's result with its best-validation weights loaded; `on_epoch(stage, model,
+    state)` sees every finished epoch. ``train_cfg.epochs`` is replaced by each stage's count."""
     epochs = cfg.epochs_for(len(spec.conv_widths))
     results: list[StageResult] = []
-    previous = None
+    first = resume.stage if resume is not None else 1
+    previous = resume.previous if resume is not None else None
     for stage, stage_epochs in enumerate(epochs, start=1):
+        if stage < first:
+            continue
         model = grow(previous, spec, stage, seed=train_cfg.seed).to(device)
+        fit_state = None
+        if resume is not None and stage == first and resume.model_state is not None:
+            model.load_state_dict(resume.model_state)
+            fit_state = resume.fit
         trainable = freeze_earlier_blocks(model, stage) if cfg.freeze else list(model.parameters())
         train, val = loaders_for_stage(stage)
         if progress is not None:
             progress.log(f"stage {stage}/{len(epochs)}: {stage_spec(spec, stage).conv_widths}, "
                          f"{sum(p.numel() for p in trainable):,} trainable parameters")  # fmt: skip
         stage_cfg = TrainConfig(**{**train_cfg.to_dict(), "epochs": stage_epochs})
-        result = fit(model, train, val, stage_cfg, progress=progress, parameters=trainable)
+        hook = None if on_epoch is None else (lambda state, s=stage, m=model: on_epoch(s, m, state))
+        result = fit(model, train, val, stage_cfg, progress=progress, parameters=trainable,
+                     resume=fit_state, on_epoch=hook)  # fmt: skip
         last_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         model.load_state_dict(result.best_state)
         unfreeze(model)

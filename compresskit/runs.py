@@ -46,7 +46,7 @@ from compresskit.train import (
     TrainConfig,
     check_tta,
     evaluate,
-    fit,
+    fit_keeping_finished_epochs,
     predict,
     resolve_device,
 )
@@ -233,7 +233,7 @@ def train_run(
     with staged_directory(out, overwrite=overwrite) as stage:
         write_json(stage / "config.json", config)
         if layerwise is None:
-            result = fit(model, train_loader, val_loader, cfg, progress=progress)
+            result = fit_keeping_finished_epochs(model, train_loader, val_loader, cfg, progress=progress)
             history = pd.DataFrame(result.history, columns=list(HISTORY_COLUMNS))
         else:
             def stage_loaders(stage_number: int) -> tuple:

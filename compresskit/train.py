@@ -1,14 +1,16 @@
 """The one training loop: optimizer, LR schedule, label smoothing, mixed precision, early stop,
-best-by-validation selection and per-epoch history. Fine-tuning and layer-wise training reuse it.
+best-by-validation selection, per-epoch history and an exact resume from any finished epoch
+(`TrainingState`). Fine-tuning and layer-wise training reuse it.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -213,6 +215,57 @@ def predict(
     return torch.cat(all_logits), torch.cat(all_labels)
 
 
+@dataclass
+class TrainingState:
+    """Everything `fit` needs to continue after its last finished epoch, exactly as if it had not
+    stopped: the epochs done and their history rows, optimizer and LR-schedule state, the best
+    weights so far with their epoch and score, the early-stop counter, the seconds spent, and every
+    random state (torch's global generator, numpy's, and the training loader's). All values are
+    tensors or plain Python values, so `torch.load(weights_only=True)` reads them back."""
+
+    epoch: int
+    history: list[dict]
+    optimizer: dict
+    schedule: dict
+    best_state: dict[str, torch.Tensor]
+    best_epoch: int
+    best_score: float
+    since_best: int
+    seconds: float
+    rng: dict
+
+    def to_dict(self) -> dict:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainingState:
+        return cls(**{f: data[f] for f in cls.__dataclass_fields__})
+
+
+def capture_rng(loader) -> dict:
+    """The random states a resumed run must continue from: torch's global generator (dropout),
+    numpy's global generator, and `loader.generator` (order and augmentation) when it has one."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+    }  # fmt: skip
+    if getattr(loader, "generator", None) is not None:
+        state["loader"] = loader.generator.get_state()
+    return state
+
+
+def restore_rng(state: dict, loader) -> None:
+    """Undo `capture_rng`: put every generator back where it was."""
+    torch.set_rng_state(state["torch"])
+    numpy_state = state["numpy"]
+    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                         numpy_state["has_gauss"], numpy_state["cached"]))  # fmt: skip
+    if "loader" in state and getattr(loader, "generator", None) is not None:
+        loader.generator.set_state(state["loader"])
+
+
 def fit(
     model: nn.Module,
     train_loader,
@@ -221,12 +274,17 @@ def fit(
     *,
     progress: Progress | None = None,
     parameters: Iterable[nn.Parameter] | None = None,
+    resume: TrainingState | None = None,
+    on_epoch: Callable[[TrainingState], None] | None = None,
 ) -> FitResult:
     """Train `model` (already on its device) for up to `cfg.epochs` epochs.
 
     `val_loader` may be None: then nothing is validated and the last epoch counts as best.
     `parameters` restricts what the optimizer updates (default: all that require grad).
-    Ctrl-C stops at once; the result keeps the epochs finished so far.
+    `on_epoch` sees the `TrainingState` after every finished epoch (a run directory saves it);
+    `resume` continues from such a state, with `model` already holding its weights, and gives the
+    same epochs, bit for bit on CPU, as a run that never stopped. An interrupt (Ctrl-C) propagates:
+    the last state handed to `on_epoch` is the one to resume from.
     """
     cfg.validate(has_validation=val_loader is not None)
     progress = progress or Progress(enabled=False)
@@ -241,65 +299,111 @@ def fit(
     history: list[dict] = []
     best_state = _cpu_copy(model)
     best_epoch, best_acc, since_best = 0, -1.0, 0
+    first_epoch, spent = 1, 0.0
+    if resume is not None:
+        optimizer.load_state_dict(resume.optimizer)
+        schedule.load_state_dict(resume.schedule)
+        history = [dict(row) for row in resume.history]
+        best_state = resume.best_state
+        best_epoch, best_acc, since_best = resume.best_epoch, resume.best_score, resume.since_best
+        first_epoch, spent = resume.epoch + 1, resume.seconds
+        restore_rng(resume.rng, train_loader)
     stop_reason = "epochs"
+    if history and _should_stop(cfg, history[-1], since_best):
+        stop_reason = _should_stop(cfg, history[-1], since_best)
+        first_epoch = cfg.epochs + 1
     start = time.perf_counter()
-    try:
-        for epoch in range(1, cfg.epochs + 1):
-            t0 = time.perf_counter()
-            lr = optimizer.param_groups[0]["lr"]
-            model.train()
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device)
-            seen = 0
-            with progress.task(f"epoch {epoch}/{cfg.epochs}", total=len(train_loader)) as advance:
-                for x, y in train_loader:
-                    with _autocast(device):
-                        out = step_fn(x)
-                        loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    schedule.step()
-                    loss_sum += loss.detach() * len(y)
-                    correct += (out.detach().argmax(1) == y).sum()
-                    seen += len(y)
-                    advance()
-            row = {
-                "epoch": epoch,
-                "lr": lr,
-                "train_loss": (loss_sum / max(seen, 1)).item(),
-                "train_acc": (correct / max(seen, 1)).item(),
-                "val_loss": float("nan"),
-                "val_acc": float("nan"),
-            }
-            if val_loader is not None:
-                row["val_loss"], row["val_acc"] = evaluate(model, val_loader, device)
-            row["seconds"] = time.perf_counter() - t0
-            history.append(row)
-            progress.log(format_epoch(row, cfg.epochs))
-            score = row["val_acc"] if val_loader is not None else float(epoch)
-            if score > best_acc:
-                best_acc, best_epoch, since_best = score, epoch, 0
-                best_state = _cpu_copy(model)
-            else:
-                since_best += 1
-            if cfg.target_accuracy is not None and row["val_acc"] >= cfg.target_accuracy:
-                stop_reason = "target"
-                break
-            if cfg.patience is not None and since_best >= cfg.patience:
-                stop_reason = "patience"
-                break
-    except KeyboardInterrupt:
-        stop_reason = "interrupted"
-        progress.log("interrupted: keeping the epochs finished so far")
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        seen = 0
+        with progress.task(f"epoch {epoch}/{cfg.epochs}", total=len(train_loader)) as advance:
+            for x, y in train_loader:
+                with _autocast(device):
+                    out = step_fn(x)
+                    loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                loss_sum += loss.detach() * len(y)
+                correct += (out.detach().argmax(1) == y).sum()
+                seen += len(y)
+                advance()
+        row = {
+            "epoch": epoch,
+            "lr": lr,
+            "train_loss": (loss_sum / max(seen, 1)).item(),
+            "train_acc": (correct / max(seen, 1)).item(),
+            "val_loss": float("nan"),
+            "val_acc": float("nan"),
+        }
+        if val_loader is not None:
+            row["val_loss"], row["val_acc"] = evaluate(model, val_loader, device)
+        row["seconds"] = time.perf_counter() - t0
+        history.append(row)
+        progress.log(format_epoch(row, cfg.epochs))
+        score = row["val_acc"] if val_loader is not None else float(epoch)
+        if score > best_acc:
+            best_acc, best_epoch, since_best = score, epoch, 0
+            best_state = _cpu_copy(model)
+        else:
+            since_best += 1
+        if on_epoch is not None:
+            on_epoch(TrainingState(
+                epoch=epoch, history=history, optimizer=optimizer.state_dict(),
+                schedule=schedule.state_dict(), best_state=best_state, best_epoch=best_epoch,
+                best_score=best_acc, since_best=since_best,
+                seconds=spent + time.perf_counter() - start, rng=capture_rng(train_loader),
+            ))  # fmt: skip
+        reason = _should_stop(cfg, row, since_best)
+        if reason:
+            stop_reason = reason
+            break
     return FitResult(
         history=history,
         best_state=best_state,
         best_epoch=best_epoch,
         best_val_acc=best_acc if val_loader is not None and best_acc >= 0 else None,
         stop_reason=stop_reason,
-        seconds=time.perf_counter() - start,
+        seconds=spent + time.perf_counter() - start,
     )
+
+
+def fit_keeping_finished_epochs(model: nn.Module, train_loader, val_loader, cfg: TrainConfig,
+                                **kwargs) -> FitResult:  # fmt: skip
+    """`fit`, but Ctrl-C stops at once and returns the epochs finished so far (stop reason
+    ``interrupted``) instead of propagating."""
+    states: list[TrainingState] = []
+    user_hook = kwargs.pop("on_epoch", None)
+
+    def keep(state: TrainingState) -> None:
+        states[:] = [state]
+        if user_hook is not None:
+            user_hook(state)
+
+    try:
+        return fit(model, train_loader, val_loader, cfg, on_epoch=keep, **kwargs)
+    except KeyboardInterrupt:
+        progress = kwargs.get("progress") or Progress(enabled=False)
+        progress.log("interrupted: keeping the epochs finished so far")
+        if not states:
+            return FitResult([], _cpu_copy(model), 0, None, "interrupted")
+        last = states[0]
+        best = last.best_score if val_loader is not None and last.best_score >= 0 else None
+        return FitResult(last.history, last.best_state, last.best_epoch, best, "interrupted", last.seconds)
+
+
+def _should_stop(cfg: TrainConfig, row: dict, since_best: int) -> str:
+    """Why training stops after the epoch of `row` ("target", "patience"), or "" to go on."""
+    if cfg.target_accuracy is not None and row["val_acc"] >= cfg.target_accuracy:
+        return "target"
+    if cfg.patience is not None and since_best >= cfg.patience:
+        return "patience"
+    return ""
 
 
 def _cpu_copy(model: nn.Module) -> dict[str, torch.Tensor]:

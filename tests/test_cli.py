@@ -255,7 +255,7 @@ def test_failure_during_training_removes_the_staging_folder(tmp_path, monkeypatc
         seen.extend(p.name for p in tmp_path.iterdir())
         raise CompresskitError("--epochs training broke half-way")
 
-    monkeypatch.setattr(compresskit.runs, "fit", broken_fit)
+    monkeypatch.setattr(compresskit.runs, "fit_keeping_finished_epochs", broken_fit)
     result = invoke(*BASE, "--out", tmp_path / "run", "--quiet")
     _check_one_line_error(result, "training broke half-way")
     assert any(name.startswith(".run.partial-") for name in seen)  # it was staged ...

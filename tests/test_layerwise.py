@@ -60,19 +60,28 @@ def test_frozen_blocks_stay_unchanged_and_unfrozen_ones_train(frozen):
     before = copy.deepcopy(stage2.state_dict())
     trainable = freeze_earlier_blocks(stage2, 2) if frozen else list(stage2.parameters())
     loader = _digits_loader()
+    x = next(iter(loader))[0]
+    stage2.train()
+    first_output = stage2.features[0](x).detach().clone()
     fit(stage2, loader, None, TrainConfig(epochs=1, lr=0.05, schedule="none"), parameters=trainable)
     after = stage2.state_dict()
+    stage2.train()
+    if frozen:  # a frozen block gives the same output in training mode, before and after the stage
+        assert not stage2.features[0].training
+        assert torch.equal(stage2.features[0](x), first_output)
     first_block = [k for k in before if k.startswith("features.0.")]
     assert first_block
     changed = [k for k in first_block if not torch.equal(before[k], after[k])]
     if frozen:
-        assert changed == [k for k in first_block if k.endswith("num_batches_tracked")]
+        assert changed == []  # weights and every batch-norm buffer, num_batches_tracked included
     else:
         assert any(k.endswith("weight") for k in changed)
     newest = [k for k in before if k.startswith("features.2.") and k.endswith("weight")]
     assert any(not torch.equal(before[k], after[k]) for k in newest)
     unfreeze(stage2)
     assert all(p.requires_grad for p in stage2.parameters())
+    stage2.train()
+    assert all(m.training for m in stage2.modules())
 
 
 def test_stage_epochs_and_aug_switch_must_fit_the_model():

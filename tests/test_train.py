@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from compresskit.data import Loader, load_dataset, stratified_split
+from compresskit.data import Augmentation, Loader, load_dataset, stratified_split
 from compresskit.errors import CompresskitError
 from compresskit.models import build_model, make_spec
-from compresskit.train import TrainConfig, evaluate, fit, lr_factor
+from compresskit.train import TrainConfig, TrainingState, evaluate, fit, lr_factor
 
 # --------------------------------------------------------------------------- schedules
 
@@ -288,3 +288,46 @@ def test_unknown_tta_is_refused():
 
     with pytest.raises(CompresskitError, match="--tta 'rotate'"):
         tta_logits(nn.Identity(), torch.zeros(1, 1, 4, 4), "rotate")
+
+
+def _resumable_setup():
+    """A small mlp-head model with dropout and an augmenting, shuffling loader: every random state
+    `fit` must carry across a resume (initial weights, batch order, crops and flips, dropout)."""
+    data = load_dataset("digits")
+    spec = make_spec("cnn_bn", 10, in_channels=1, width=0.25, head="mlp", dropout=0.3)
+    model = build_model(spec, seed=3)
+    train = Loader(data.train.subset(torch.arange(256)), 64, mean=data.mean, std=data.std,
+                   augment=Augmentation.parse("crop=2,flip"), shuffle=True, seed=5)
+    val = Loader(data.train.subset(torch.arange(256, 384)), 128, mean=data.mean, std=data.std)
+    return model, train, val
+
+
+def test_resume_from_a_saved_epoch_matches_the_run_that_never_stopped(tmp_path):
+    cfg = TrainConfig(epochs=4, lr=0.05, schedule="cosine", optimizer="adamw", patience=10, seed=7)
+    model, train, val = _resumable_setup()
+    states: list[TrainingState] = []
+    # What a run directory does: save each state to disk and read it back (weights_only).
+    def save(state: TrainingState) -> None:
+        path = tmp_path / f"state{state.epoch}.pt"
+        torch.save({"model": model.state_dict(), "training": state.to_dict()}, path)
+        states.append(state)
+
+    whole = fit(model, train, val, cfg, on_epoch=save)
+    assert [s.epoch for s in states] == [1, 2, 3, 4]
+    saved = torch.load(tmp_path / "state2.pt", weights_only=True)
+
+    fresh, train2, val2 = _resumable_setup()
+    torch.manual_seed(999)  # the resumed fit must not depend on the caller's random state
+    fresh.load_state_dict(saved["model"])
+    resumed = fit(fresh, train2, val2, cfg, resume=TrainingState.from_dict(saved["training"]))
+
+    def strip(rows):
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+    assert strip(resumed.history) == strip(whole.history)
+    assert resumed.best_epoch == whole.best_epoch and resumed.best_val_acc == whole.best_val_acc
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, fresh.state_dict()[key]), key
+    for key, value in whole.best_state.items():
+        assert torch.equal(value, resumed.best_state[key]), key
+

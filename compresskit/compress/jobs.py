@@ -55,7 +55,13 @@ from compresskit.runs import (
     training_config,
     write_json,
 )
-from compresskit.train import HISTORY_COLUMNS, TrainConfig, evaluate, fit, resolve_device
+from compresskit.train import (
+    HISTORY_COLUMNS,
+    TrainConfig,
+    evaluate,
+    fit_keeping_finished_epochs,
+    resolve_device,
+)
 
 
 def _input_shape(spec: ModelSpec) -> tuple[int, int, int]:
@@ -132,7 +138,7 @@ class CompressionJob:
         if not epochs:
             return [], None
         cfg = TrainConfig(**{**self.finetune.to_dict(), "epochs": epochs})
-        result = fit(model, self.train, self.val, cfg, progress=progress)
+        result = fit_keeping_finished_epochs(model, self.train, self.val, cfg, progress=progress)
         return [{**row, **extra} for row in result.history], result
 
 
