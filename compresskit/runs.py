@@ -17,10 +17,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from compresskit import __version__
 from compresskit.analysis.layers import block_csi
@@ -36,6 +34,7 @@ from compresskit.data import (
     stratified_split,
 )
 from compresskit.errors import CompresskitError
+from compresskit.evaluation import classification_report
 from compresskit.layerwise import LayerwiseConfig, StageResult, stage_row, stage_spec, train_layerwise
 from compresskit.models import ConvNet, ModelSpec, build_model, count_parameters, make_spec
 from compresskit.plots import plot_confusion_matrix, plot_stages, plot_training_curves
@@ -379,7 +378,8 @@ def evaluate_run(
     `tta` (none, flip, flip-translate) averages test-time views (`train.tta_logits`); every reported
     number then uses those predictions, and ``test_acc_no_tta`` keeps the plain accuracy.
 
-    Writes ``evaluation.json``, ``per_class.csv``, ``confusion.csv`` and ``confusion.png`` into the
+    Top-5 accuracy is reported for more than 10 classes. Writes ``evaluation.json``,
+    ``per_class.csv``, ``most_confused.csv``, ``confusion.csv`` and ``confusion.png`` into the
     checkpoint's directory (the run directory) and returns the summary dict.
     """
     if batch_size <= 0:
@@ -394,35 +394,23 @@ def evaluate_run(
     loader = Loader(data.test, batch_size, mean=data.mean, std=data.std, device=torch_device)
     logits, labels = predict(model, loader, torch_device, tta=tta)
     plain_logits = predict(model, loader, torch_device)[0] if tta != "none" else logits
-    preds = logits.argmax(1).numpy()
-    labels_np = labels.numpy()
-    classes = list(range(data.num_classes))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        labels_np, preds, labels=classes, zero_division=0
-    )
-    per_class = pd.DataFrame(
-        {
-            "class": data.classes,
-            "precision": precision,
-            "recall": recall,
-            "f1": f1,
-            "support": support,
-        }
-    )
-    matrix = confusion_matrix(labels_np, preds, labels=classes)
-    accuracy = float((preds == labels_np).mean())
+    report = classification_report(logits, labels, data.classes)
+    per_class = report.per_class
+    matrix = report.confusion
     summary = {
         "checkpoint": str(ckpt.path),
         "dataset": dataset,
-        "test_samples": len(labels_np),
-        "test_acc": accuracy,
+        "test_samples": report.num_samples,
+        "test_acc": report.accuracy,
+        "test_top5_acc": report.top5,
         "tta": tta,
         "test_acc_no_tta": float((plain_logits.argmax(1) == labels).double().mean()),
         "test_loss": float(torch.nn.functional.cross_entropy(logits, labels)),
-        "macro_precision": float(np.mean(precision)),
-        "macro_recall": float(np.mean(recall)),
-        "macro_f1": float(np.mean(f1)),
+        "macro_precision": report.macro_precision,
+        "macro_recall": report.macro_recall,
+        "macro_f1": report.macro_f1,
     }
+    report.most_confused(20).to_csv(run_dir / "most_confused.csv", index=False)
     per_class.to_csv(run_dir / "per_class.csv", index=False)
     pd.DataFrame(matrix, index=data.classes, columns=data.classes).to_csv(run_dir / "confusion.csv")
     plot_confusion_matrix(

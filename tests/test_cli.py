@@ -553,3 +553,23 @@ def test_lowrank_and_depth_bad_input(trained_run, tmp_path, command, args, fragm
     result = invoke(command, "--checkpoint", trained_run[0], "--out", out, "--quiet", *extra, *args)
     _check_one_line_error(result, fragment)
     _no_run_left(tmp_path, "c")
+
+
+def test_evaluate_a_100_class_model_gives_top5_and_most_confused_pairs(tmp_path):
+    """Was a matplotlib ValueError in the confusion plot, with no evaluation.json."""
+    from tests.fakedata import write_cifar100
+
+    write_cifar100(tmp_path / "c100", n_train=400, n_test=200)
+    run = tmp_path / "run"
+    trained = invoke("train", "--dataset", "cifar100", "--data-dir", tmp_path / "c100", "--no-download",
+                     "--model", "cnn", "--width", "0.25", "--epochs", "1", "--val-fraction", "0",
+                     "--out", run, "--quiet")  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    result = invoke("evaluate", "--checkpoint", run, "--no-download")
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    assert 0.0 <= evaluation["test_acc"] <= evaluation["test_top5_acc"] <= 1.0
+    confused = pd.read_csv(run / "most_confused.csv")
+    assert list(confused.columns) == ["true", "predicted", "count", "share"]
+    assert (confused["true"] != confused["predicted"]).all()
+    assert (run / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
