@@ -98,15 +98,11 @@ def freeze_earlier_blocks(model: ConvNet, stage: int) -> list[nn.Parameter]:
     Frozen means unchanged outputs and buffers: no gradient, and the block stays in eval mode even
     when the model is put in training mode, so its batch norm normalises with its running
     statistics and never updates them."""
-    convs = 0
-    for block in model.features:
-        if isinstance(block, nn.Sequential):
-            convs += 1
-            if convs < stage:
-                for p in block.parameters():
-                    p.requires_grad_(False)
-                block.train = _stay_in_eval.__get__(block)  # type: ignore[method-assign]
-                block.eval()
+    for block in model.named_blocks("block")[: stage - 1]:
+        for p in block.module.parameters():
+            p.requires_grad_(False)
+        block.module.train = _stay_in_eval.__get__(block.module)  # type: ignore[method-assign]
+        block.module.eval()
     return [p for p in model.parameters() if p.requires_grad]
 
 
