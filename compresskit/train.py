@@ -308,10 +308,10 @@ def fit(
         best_epoch, best_acc, since_best = resume.best_epoch, resume.best_score, resume.since_best
         first_epoch, spent = resume.epoch + 1, resume.seconds
         restore_rng(resume.rng, train_loader)
-    stop_reason = "epochs"
-    if history and _should_stop(cfg, history[-1], since_best):
-        stop_reason = _should_stop(cfg, history[-1], since_best)
+    stop_reason = _should_stop(cfg, history[-1], since_best) if history else ""
+    if stop_reason:  # the resumed run had already stopped early
         first_epoch = cfg.epochs + 1
+    stop_reason = stop_reason or "epochs"
     start = time.perf_counter()
     for epoch in range(first_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
@@ -354,7 +354,7 @@ def fit(
             since_best += 1
         if on_epoch is not None:
             on_epoch(TrainingState(
-                epoch=epoch, history=history, optimizer=optimizer.state_dict(),
+                epoch=epoch, history=list(history), optimizer=optimizer.state_dict(),
                 schedule=schedule.state_dict(), best_state=best_state, best_epoch=best_epoch,
                 best_score=best_acc, since_best=since_best,
                 seconds=spent + time.perf_counter() - start, rng=capture_rng(train_loader),
