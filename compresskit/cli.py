@@ -1,11 +1,19 @@
 """The `compresskit` command: a thin typer shell over the library (parse, call, print a summary)."""
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
+
+try:  # recent typer vendors click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+except ImportError:  # older typer depends on click itself
+    from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 from rich import box
 from rich.console import Console
 from rich.markup import escape
@@ -13,26 +21,98 @@ from rich.table import Table
 
 from compresskit.errors import CompresskitError
 
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A str Enum of `values` (member name = value): typer validates it and ``--help`` lists it."""
+    return Enum(name, {v: v for v in values}, type=str)
+
+
+# The allowed values of fixed-choice options; tests/test_cli.py checks each against the library's
+# own tuple (models.MODEL_NAMES, data.DATASET_NAMES, …), which would pull in torch at import.
+ModelName = _choices("ModelName", tuple(f"{b}{bn}" for b in ("vgg11", "vgg13", "vgg16", "vgg19", "cnn")
+                                        for bn in ("", "_bn")))  # fmt: skip
+DatasetName = _choices(
+    "DatasetName", ("cifar10", "cifar100", "fashion-mnist", "mnist", "digits", "synthetic")
+)
+HeadName = _choices("HeadName", ("linear", "mlp"))
+OptimizerName = _choices("OptimizerName", ("sgd", "adamw"))
+ScheduleName = _choices("ScheduleName", ("step", "cosine", "onecycle", "none"))
+DeviceName = _choices("DeviceName", ("auto", "cpu", "cuda"))
+ImportanceName = _choices("ImportanceName", ("l1", "l2", "bn-scale", "taylor", "random", "separation"))
+SensitivityImportance = _choices("SensitivityImportance", ("l1", "l2", "bn-scale", "random"))
+ScopeName = _choices("ScopeName", ("uniform", "global"))
+AllocateName = _choices("AllocateName", ("uniform", "csi"))
+TtaName = _choices("TtaName", ("none", "flip", "flip-translate"))
+
+
+def _version(value: bool) -> None:
+    if value:
+        from compresskit import __version__
+
+        typer.echo(f"compresskit {__version__}")
+        raise typer.Exit()
+
+
+class _OneLineUsageErrors(TyperGroup):
+    """click's own errors (an unknown choice, a missing value) as one line on stderr, ``error: …``,
+    with exit code 2, like every other bad input; click would print a usage block first."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except NoArgsIsHelpError as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except UsageError as exc:
+            err_console.print(
+                f"[bold red]error:[/] {escape(exc.format_message())}", highlight=False, soft_wrap=True
+            )
+            sys.exit(2)
+        except ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineUsageErrors,
+    rich_markup_mode=None,  # click's plain help wraps at any width and never cuts a flag or its choices
     add_completion=False,
     pretty_exceptions_enable=False,
     no_args_is_help=True,
     help="Train VGG-family CNNs on small image sets, look inside them layer by layer, shrink them.",
 )
-console = Console()
-err_console = Console(stderr=True)
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Train VGG-family CNNs on small image sets, look inside them layer by layer, shrink them."""
 
 
 # Options shared by several commands.
-Device = Annotated[str, typer.Option(help="auto|cpu|cuda.")]
+Device = Annotated[DeviceName, typer.Option(help="Where to compute.")]
 RunDataDir = Annotated[Path | None, typer.Option(help="Dataset folder (default: the one used in training).")]
 Download = Annotated[bool, typer.Option(help="Download CIFAR (checksum-verified) when not on disk.")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress output.")]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out directory.")]
+Overwrite = Annotated[
+    bool, typer.Option("--overwrite", help="Replace --out when it is this command's own earlier output.")
+]
 BenchSeconds = Annotated[float, typer.Option(help="Seconds of timing per latency measurement.")]
 Threads = Annotated[int | None, typer.Option(help="CPU threads for latency (default: torch's count).")]
 Source = Annotated[
-    Path,
+    Path | None,
     typer.Option(
         "--checkpoint", "--from", help="Run directory (its checkpoint.pt) or .pt file: trained or compressed."
     ),
@@ -44,18 +124,21 @@ Seed = Annotated[int, typer.Option(help="Seed of the fine-tuning batches and the
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn a `CompresskitError` into one line on stderr and exit code 2."""
+    """Turn a `CompresskitError` into one line on stderr and its exit code (2; 130 for a run
+    stopped by a signal)."""
     try:
         yield
     except CompresskitError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+        code = getattr(exc, "exit_code", 2)
+        label = "stopped" if code == 130 else "error"
+        err_console.print(f"[bold red]{label}:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code) from None
 
 
 def _print_table(title: str, rows: list[tuple[str, str]]) -> None:
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(style="bold")
-    table.add_column()
+    table.add_column(overflow="fold")  # a long path wraps instead of losing its end
     for key, value in rows:
         table.add_row(key, escape(value))
     console.print(table)
@@ -65,15 +148,39 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.2f}%"
 
 
+def _refuse_changes(ctx: typer.Context, allowed: set[str], flag: str) -> None:
+    """With --resume the run's own configuration is used: refuse any other flag given explicitly."""
+    from click.core import ParameterSource
+
+    given = [
+        "--" + name.replace("_", "-")
+        for name in ctx.params
+        if name not in allowed and ctx.get_parameter_source(name) is not ParameterSource.DEFAULT
+    ]
+    if given:
+        raise CompresskitError(
+            f"{flag} continues the run with its own configuration; drop {', '.join(given)} "
+            "(only --data-dir, --download and --quiet may be given)."
+        )
+
+
 @app.command()
 def train(
-    out: Path = typer.Option(..., "--out", help="Run directory to create."),
-    model: str = typer.Option("vgg11_bn", help="vgg11|vgg13|vgg16|vgg19|cnn, each also with _bn."),
-    dataset: str = typer.Option("digits", help="cifar10|cifar100|fashion-mnist|mnist|digits|synthetic."),
+    ctx: typer.Context,
+    out: Path | None = typer.Option(None, "--out", help="Run directory to create."),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="Continue this stopped run directory from its last finished epoch."
+    ),
+    model: ModelName = typer.Option(
+        "vgg11_bn", metavar="<name>", help="Model: " + ", ".join(m.value for m in ModelName) + "."
+    ),
+    dataset: DatasetName = typer.Option("digits", help="Dataset."),
     data_dir: Path | None = typer.Option(None, help="Folder holding the dataset files (default ./data)."),
     download: Download = True,
     width: float = typer.Option(1.0, help="Channel width multiplier."),
-    head: str = typer.Option("linear", help="linear (features→classes) or mlp (features→512·width→classes)."),
+    head: HeadName = typer.Option(
+        "linear", help="linear: features→classes; mlp: features→512·width→classes."
+    ),
     dropout: float = typer.Option(0.0, help="Dropout before the head's last linear layer."),
     global_pool: bool = typer.Option(False, help="Average-pool the last feature map before the head."),
     val_fraction: float = typer.Option(0.1, help="Stratified share of train held out for validation."),
@@ -85,10 +192,10 @@ def train(
     epochs: int = typer.Option(30, help="Maximum number of epochs."),
     batch_size: int = typer.Option(128, help="Training batch size."),
     lr: float = typer.Option(0.05, help="Peak learning rate."),
-    optimizer: str = typer.Option("sgd", help="sgd (Nesterov momentum) or adamw."),
+    optimizer: OptimizerName = typer.Option("sgd", help="SGD with Nesterov momentum, or AdamW."),
     momentum: float = typer.Option(0.9, help="SGD momentum."),
     weight_decay: float = typer.Option(5e-4, help="Weight decay on weights (not biases or BN)."),
-    schedule: str = typer.Option("onecycle", help="step|cosine|onecycle|none, stepped every batch."),
+    schedule: ScheduleName = typer.Option("onecycle", help="Learning-rate schedule, stepped every batch."),
     step_size: int = typer.Option(0, help="Epochs between decays for --schedule step (0: epochs/3)."),
     gamma: float = typer.Option(0.1, help="Decay factor for --schedule step."),
     label_smoothing: float = typer.Option(0.0, help="Label smoothing of the training loss."),
@@ -99,7 +206,7 @@ def train(
         None, help="Stop after this many epochs without a better validation accuracy."
     ),
     seed: int = typer.Option(0, help="Seed of the split, the batches, the initial weights."),
-    device: Device = "auto",
+    device: Device = DeviceName.auto,
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (opt-in)."),
     layerwise: bool = typer.Option(False, "--layerwise", help="Greedy layer-wise: one conv block per stage."),
     freeze: bool = typer.Option(True, help="--layerwise: freeze earlier blocks (variant B) or not (C)."),
@@ -109,37 +216,42 @@ def train(
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
-    """Train a model from scratch into a run directory (end to end, or --layerwise)."""
+    """Train a model from scratch into a run directory (end to end, or --layerwise); --resume RUN
+    continues a stopped one."""
+    from compresskit.jobs import DataOptions, ModelOptions, resume_train_run, train_run
     from compresskit.layerwise import LayerwiseConfig
     from compresskit.progress import Progress
-    from compresskit.runs import DataOptions, ModelOptions, train_run
     from compresskit.train import TrainConfig
 
     with user_errors():
-        cfg = TrainConfig(
-            epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
-            weight_decay=weight_decay, schedule=schedule, step_size=step_size, gamma=gamma,
-            label_smoothing=label_smoothing, target_accuracy=target_accuracy, patience=patience,
-            seed=seed, device=device, compile=compile,
-        )  # fmt: skip
-        summary = train_run(
-            out,
-            ModelOptions(name=model, width=width, head=head, dropout=dropout, global_pool=global_pool),
-            DataOptions(
-                dataset=dataset,
-                data_dir=str(data_dir) if data_dir is not None else None,
-                download=download,
-                val_fraction=val_fraction,
-                augment=augment,
-            ),
-            cfg,
-            overwrite=overwrite,
-            progress=Progress(enabled=not quiet),
-            layerwise=LayerwiseConfig(
-                freeze=freeze, stage_epochs=LayerwiseConfig.parse_stage_epochs(stage_epochs),
-                aug_switch=LayerwiseConfig.parse_aug_switch(aug_switch), analyze_stages=analyze_stages,
-            ) if layerwise else None,
-        )  # fmt: skip
+        progress = Progress(enabled=not quiet)
+        data_folder = str(data_dir) if data_dir is not None else None
+        if resume is not None:
+            _refuse_changes(ctx, {"resume", "data_dir", "download", "quiet"}, "--resume")
+            summary = resume_train_run(resume, data_dir=data_folder, download=download, progress=progress)
+        else:
+            if out is None:
+                raise CompresskitError("train needs --out DIR (a new run directory) or --resume RUN.")
+            cfg = TrainConfig(
+                epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer.value, momentum=momentum,
+                weight_decay=weight_decay, schedule=schedule.value, step_size=step_size, gamma=gamma,
+                label_smoothing=label_smoothing, target_accuracy=target_accuracy, patience=patience,
+                seed=seed, device=device.value, compile=compile,
+            )  # fmt: skip
+            summary = train_run(
+                out,
+                ModelOptions(name=model.value, width=width, head=head.value, dropout=dropout,
+                             global_pool=global_pool),
+                DataOptions(dataset=dataset.value, data_dir=data_folder, download=download,
+                            val_fraction=val_fraction, augment=augment),
+                cfg,
+                overwrite=overwrite,
+                progress=progress,
+                layerwise=LayerwiseConfig(
+                    freeze=freeze, stage_epochs=LayerwiseConfig.parse_stage_epochs(stage_epochs),
+                    aug_switch=LayerwiseConfig.parse_aug_switch(aug_switch), analyze_stages=analyze_stages,
+                ) if layerwise else None,
+            )  # fmt: skip
     _print_table(
         f"trained {summary['model']} on {summary['dataset']}",
         [
@@ -161,13 +273,13 @@ def evaluate(
     data_dir: RunDataDir = None,
     download: Download = True,
     batch_size: int = typer.Option(256, help="Evaluation batch size."),
-    device: Device = "auto",
-    tta: str = typer.Option(
-        "none", help="Test-time augmentation: none, flip (mirror), flip-translate (mirror + 1-pixel moves)."
+    device: Device = DeviceName.auto,
+    tta: TtaName = typer.Option(
+        "none", help="Test-time augmentation: flip (mirror), flip-translate (mirror + 1-pixel moves)."
     ),
 ) -> None:
-    """Test accuracy, per-class precision/recall/F1 and a confusion matrix, into the run directory."""
-    from compresskit.runs import evaluate_run
+    """Test accuracy, per-class precision/recall/F1, confusion matrix, into RUN/evaluation/."""
+    from compresskit.jobs import evaluate_run
 
     with user_errors():
         result = evaluate_run(
@@ -175,8 +287,8 @@ def evaluate(
             data_dir=str(data_dir) if data_dir is not None else None,
             download=download,
             batch_size=batch_size,
-            device=device,
-            tta=tta,
+            device=device.value,
+            tta=tta.value,
         )
     per_class = result["per_class"]
     table = Table(title=f"per-class results on {result['dataset']} test", title_justify="left")
@@ -186,7 +298,7 @@ def evaluate(
         table.add_row(escape(str(row[0])), f"{row[1]:.3f}", f"{row[2]:.3f}", f"{row[3]:.3f}", str(row[4]))
     if len(per_class) <= 20:
         console.print(table)
-    run_dir = Path(result["checkpoint"]).parent
+    folder = Path(result["folder"])
     tta_note = ""
     if result["tta"] != "none":
         tta_note = f" (with --tta {result['tta']}; {_pct(result['test_acc_no_tta'])} without)"
@@ -197,10 +309,7 @@ def evaluate(
             ("test accuracy", _pct(result["test_acc"]) + tta_note),
             ("macro recall", _pct(result["macro_recall"])),
             ("macro F1", _pct(result["macro_f1"])),
-            (
-                "written",
-                ", ".join(str(run_dir / f) for f in ("evaluation.json", "per_class.csv", "confusion.png")),
-            ),
+            ("written", f"{folder}/ (evaluation.json, per_class.csv, confusion.png, most_confused.csv)"),
         ],
     )
 
@@ -217,13 +326,13 @@ def analyze(
     data_dir: RunDataDir = None,
     download: Download = True,
     batch_size: int = typer.Option(256, help="Batch size of the forward passes."),
-    device: Device = "auto",
+    device: Device = DeviceName.auto,
     seed: int = typer.Option(0, help="Seed of the class-balanced subsets."),
     quiet: Quiet = False,
 ) -> None:
     """Per-layer center separation index, separation index and linear-probe accuracy, train vs test."""
+    from compresskit.jobs import analyze_run
     from compresskit.progress import Progress
-    from compresskit.runs import analyze_run
 
     with user_errors():
         result = analyze_run(
@@ -235,7 +344,7 @@ def analyze(
             data_dir=str(data_dir) if data_dir is not None else None,
             download=download,
             batch_size=batch_size,
-            device=device,
+            device=device.value,
             seed=seed,
             progress=Progress(enabled=not quiet),
         )
@@ -313,14 +422,41 @@ def _print_report(table, title: str) -> None:
         console.print(f"[yellow]warning:[/] {escape(warning)}")
 
 
+ResumeOut = Annotated[
+    Path | None,
+    typer.Option("--resume", help="Continue this stopped run directory from its last finished epoch."),
+]
+RESUME_ALLOWED = {"resume", "data_dir", "download", "quiet", "bench_seconds", "threads"}
+
+
+def _resume_compression(ctx: typer.Context, run: Path, command: str, data_dir: Path | None, download: bool,
+                        bench_seconds: float, threads: int | None, quiet: bool) -> dict:  # fmt: skip
+    from compresskit.jobs import resume_compress_run
+    from compresskit.progress import Progress
+
+    _refuse_changes(ctx, RESUME_ALLOWED, "--resume")
+    return resume_compress_run(
+        run, command, data_dir=str(data_dir) if data_dir is not None else None, download=download,
+        bench_seconds=bench_seconds, threads=threads, progress=Progress(enabled=not quiet),
+    )  # fmt: skip
+
+
+def _source_and_out(checkpoint: Path | None, out: Path | None, command: str) -> tuple[Path, Path]:
+    if checkpoint is None or out is None:
+        raise CompresskitError(f"{command} needs --checkpoint RUN and --out DIR (or --resume OUT).")
+    return checkpoint, out
+
+
 @app.command()
 def prune(
-    checkpoint: Source = ...,
-    out: Path = typer.Option(..., "--out", help="Run directory to create for the pruned model."),
+    ctx: typer.Context,
+    checkpoint: Source = None,
+    out: Path | None = typer.Option(None, "--out", help="Run directory to create for the pruned model."),
+    resume: ResumeOut = None,
     ratio: float = typer.Option(0.5, help="Fraction of each conv layer's channels to remove, in (0, 1)."),
-    importance: str = typer.Option("l1", help="l1|l2|bn-scale|taylor|random|separation."),
-    scope: str = typer.Option("uniform", help="uniform (one ratio per layer) or global (rank all channels)."),
-    allocate: str = typer.Option("uniform", help="uniform, or csi: per-layer ratios from CSI gains."),
+    importance: ImportanceName = typer.Option("l1", help="How channels are ranked."),
+    scope: ScopeName = typer.Option("uniform", help="One ratio per layer, or rank all channels together."),
+    allocate: AllocateName = typer.Option("uniform", help="csi: per-layer ratios from CSI gains."),
     steps: int = typer.Option(1, help="Prune in this many steps, fine-tuning between them."),
     round_to: int | None = typer.Option(None, help="Keep channel counts a multiple of this."),
     max_layer_ratio: float = typer.Option(1.0, help="No layer loses more than this fraction."),
@@ -330,13 +466,13 @@ def prune(
     finetune_epochs: int = typer.Option(10, help="Fine-tuning epochs in all (split over --steps)."),
     batch_size: int = typer.Option(128, help="Fine-tuning batch size."),
     lr: float = typer.Option(0.01, help="Peak fine-tuning learning rate."),
-    optimizer: str = typer.Option("sgd", help="sgd (Nesterov momentum) or adamw."),
+    optimizer: OptimizerName = typer.Option("sgd", help="SGD with Nesterov momentum, or AdamW."),
     momentum: float = typer.Option(0.9, help="SGD momentum."),
     weight_decay: float = typer.Option(5e-4, help="Weight decay on weights (not biases or BN)."),
-    schedule: str = typer.Option("cosine", help="step|cosine|onecycle|none, stepped every batch."),
+    schedule: ScheduleName = typer.Option("cosine", help="Learning-rate schedule, stepped every batch."),
     label_smoothing: float = typer.Option(0.0, help="Label smoothing of the fine-tuning loss."),
     seed: int = typer.Option(0, help="Seed of the batches, the calibration subset, random importance."),
-    device: Device = "auto",
+    device: Device = DeviceName.auto,
     data_dir: RunDataDir = None,
     download: Download = True,
     bench_seconds: BenchSeconds = 1.0,
@@ -346,26 +482,33 @@ def prune(
 ) -> None:
     """Remove whole channels (torch-pruning), fine-tune, and report the savings."""
     from compresskit.compress import PruneConfig
-    from compresskit.compress.jobs import prune_run
+    from compresskit.jobs import prune_run
     from compresskit.progress import Progress
     from compresskit.train import TrainConfig
 
     with user_errors():
-        cfg = PruneConfig(
-            ratio=ratio, importance=importance, scope=scope, allocate=allocate, steps=steps,
-            round_to=round_to, max_layer_ratio=max_layer_ratio, seed=seed,
-        )  # fmt: skip
-        finetune = TrainConfig(
-            epochs=finetune_epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
-            weight_decay=weight_decay, schedule=schedule, label_smoothing=label_smoothing, seed=seed,
-            device=device,
-        )  # fmt: skip
-        result = prune_run(
-            checkpoint, out, cfg, finetune, calibration_samples=calibration_samples,
-            options=_job_options(data_dir, download, bench_seconds, threads, overwrite),
-            progress=Progress(enabled=not quiet),
-        )  # fmt: skip
-    _print_report(result["table"], f"pruned {escape(str(checkpoint))} → {escape(str(out))}")
+        if resume is not None:
+            result = _resume_compression(
+                ctx, resume, "prune", data_dir, download, bench_seconds, threads, quiet
+            )
+            out = resume
+        else:
+            checkpoint, out = _source_and_out(checkpoint, out, "prune")
+            cfg = PruneConfig(
+                ratio=ratio, importance=importance.value, scope=scope.value, allocate=allocate.value,
+                steps=steps, round_to=round_to, max_layer_ratio=max_layer_ratio, seed=seed,
+            )  # fmt: skip
+            finetune = TrainConfig(
+                epochs=finetune_epochs, batch_size=batch_size, lr=lr, optimizer=optimizer.value,
+                momentum=momentum, weight_decay=weight_decay, schedule=schedule.value,
+                label_smoothing=label_smoothing, seed=seed, device=device.value,
+            )  # fmt: skip
+            result = prune_run(
+                checkpoint, out, cfg, finetune, calibration_samples=calibration_samples,
+                options=_job_options(data_dir, download, bench_seconds, threads, overwrite),
+                progress=Progress(enabled=not quiet),
+            )  # fmt: skip
+    _print_report(result["table"], f"pruned → {escape(str(out))}")
     _print_table(
         "pruning",
         [
@@ -377,7 +520,7 @@ def prune(
 
 def _job_options(data_dir: Path | None, download: bool, bench_seconds: float, threads: int | None,
                  overwrite: bool):  # fmt: skip
-    from compresskit.compress.jobs import JobOptions
+    from compresskit.jobs import JobOptions
 
     return JobOptions(
         data_dir=str(data_dir) if data_dir is not None else None, download=download,
@@ -385,23 +528,25 @@ def _job_options(data_dir: Path | None, download: bool, bench_seconds: float, th
     )  # fmt: skip
 
 
-def _finetune_config(epochs: int, lr: float, seed: int, device: str):
+def _finetune_config(epochs: int, lr: float, seed: int, device: DeviceName):
     from compresskit.train import TrainConfig
 
-    return TrainConfig(epochs=epochs, lr=lr, schedule="cosine", seed=seed, device=device)
+    return TrainConfig(epochs=epochs, lr=lr, schedule="cosine", seed=seed, device=device.value)
 
 
 @app.command()
 def lowrank(
-    checkpoint: Source = ...,
-    out: Path = typer.Option(..., "--out", help="Run directory to create for the factorized model."),
+    ctx: typer.Context,
+    checkpoint: Source = None,
+    out: Path | None = typer.Option(None, "--out", help="Run directory to create for the factorized model."),
+    resume: ResumeOut = None,
     energy: float | None = typer.Option(None, help="Keep this fraction of Σσ² per layer, in (0, 1]."),
     rank_ratio: float | None = typer.Option(None, help="Rank = this fraction of full rank, in (0, 1]."),
     layers: str = typer.Option("all", help="all, or a comma list such as block5,block6,fc1."),
     finetune_epochs: FinetuneEpochs = 10,
     lr: FinetuneLr = 0.01,
     seed: Seed = 0,
-    device: Device = "auto",
+    device: Device = DeviceName.auto,
     data_dir: RunDataDir = None,
     download: Download = True,
     bench_seconds: BenchSeconds = 1.0,
@@ -410,35 +555,44 @@ def lowrank(
     quiet: Quiet = False,
 ) -> None:
     """Truncated-SVD factorization of conv and linear layers, then fine-tuning and a report."""
-    from compresskit.compress.jobs import lowrank_run
     from compresskit.compress.lowrank import LowRankConfig
+    from compresskit.jobs import lowrank_run
     from compresskit.progress import Progress
 
     with user_errors():
-        if energy is None and rank_ratio is None:
-            energy = 0.9
-        result = lowrank_run(
-            checkpoint, out, LowRankConfig(rank_ratio=rank_ratio, energy=energy, layers=layers),
-            _finetune_config(finetune_epochs, lr, seed, device),
-            options=_job_options(data_dir, download, bench_seconds, threads, overwrite),
-            progress=Progress(enabled=not quiet),
-        )  # fmt: skip
-    _print_report(result["table"], f"factorized {escape(str(checkpoint))} → {escape(str(out))}")
+        if resume is not None:
+            result = _resume_compression(
+                ctx, resume, "lowrank", data_dir, download, bench_seconds, threads, quiet
+            )
+            out = resume
+        else:
+            checkpoint, out = _source_and_out(checkpoint, out, "lowrank")
+            if energy is None and rank_ratio is None:
+                energy = 0.9
+            result = lowrank_run(
+                checkpoint, out, LowRankConfig(rank_ratio=rank_ratio, energy=energy, layers=layers),
+                _finetune_config(finetune_epochs, lr, seed, device),
+                options=_job_options(data_dir, download, bench_seconds, threads, overwrite),
+                progress=Progress(enabled=not quiet),
+            )  # fmt: skip
+    _print_report(result["table"], f"factorized → {escape(str(out))}")
     written = f"{out}/ (checkpoint.pt, factorized.pt, ranks.csv, report.md, report.csv)"
     _print_table("low-rank", [("written", written)])
 
 
 @app.command()
 def depth(
-    checkpoint: Source = ...,
-    out: Path = typer.Option(..., "--out", help="Run directory to create for the shallower model."),
+    ctx: typer.Context,
+    checkpoint: Source = None,
+    out: Path | None = typer.Option(None, "--out", help="Run directory to create for the shallower model."),
+    resume: ResumeOut = None,
     min_gain: float = typer.Option(0.01, help="Keep blocks up to the last whose test-CSI gain exceeds this."),
     keep_blocks: int | None = typer.Option(None, help="Keep exactly this many conv blocks instead."),
     samples: int = typer.Option(1000, help="Class-balanced test images for the CSI per block."),
     finetune_epochs: FinetuneEpochs = 10,
     lr: FinetuneLr = 0.01,
     seed: Seed = 0,
-    device: Device = "auto",
+    device: Device = DeviceName.auto,
     data_dir: RunDataDir = None,
     download: Download = True,
     bench_seconds: BenchSeconds = 1.0,
@@ -447,42 +601,50 @@ def depth(
     quiet: Quiet = False,
 ) -> None:
     """Remove the conv blocks after test CSI stops growing, attach a fresh head, fine-tune, report."""
-    from compresskit.compress.jobs import depth_run
+    from compresskit.jobs import depth_run
     from compresskit.progress import Progress
 
     with user_errors():
-        result = depth_run(
-            checkpoint, out, _finetune_config(finetune_epochs, lr, seed, device), min_gain=min_gain,
-            keep_blocks=keep_blocks, samples=samples,
-            options=_job_options(data_dir, download, bench_seconds, threads, overwrite),
-            progress=Progress(enabled=not quiet),
-        )  # fmt: skip
+        if resume is not None:
+            result = _resume_compression(
+                ctx, resume, "depth", data_dir, download, bench_seconds, threads, quiet
+            )
+            out = resume
+        else:
+            checkpoint, out = _source_and_out(checkpoint, out, "depth")
+            result = depth_run(
+                checkpoint, out, _finetune_config(finetune_epochs, lr, seed, device), min_gain=min_gain,
+                keep_blocks=keep_blocks, samples=samples,
+                options=_job_options(data_dir, download, bench_seconds, threads, overwrite),
+                progress=Progress(enabled=not quiet),
+            )  # fmt: skip
     view = Table(box=box.SIMPLE_HEAD, title="test CSI per block", title_justify="left")
     for column in ("block", "test CSI", "gain", "kept"):
         view.add_column(column, justify="left" if column == "block" else "right")
     for row in result["depth"].itertuples():
         view.add_row(row.block, f"{row.csi_test:.3f}", f"{row.gain:+.3f}", "yes" if row.kept else "removed")
     console.print(view)
-    _print_report(result["table"], f"shortened {escape(str(checkpoint))} → {escape(str(out))}")
+    _print_report(result["table"], f"shortened → {escape(str(out))}")
 
 
 @app.command()
 def report(
     runs: list[Path] = typer.Argument(..., help="Run directories or .pt files; the first is the baseline."),
-    out: Path = typer.Option(Path("report"), "--out", help="Folder for report.csv, report.md, pareto.png."),
-    device: str = typer.Option("cpu", help="Where latency is measured: cpu|cuda|auto."),
+    out: Path = typer.Option(..., "--out", help="New folder for report.csv, report.md, pareto.png."),
+    device: DeviceName = typer.Option("cpu", help="Where latency is measured."),
     bench_seconds: BenchSeconds = 1.0,
     threads: Threads = None,
+    overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
     """Compare runs: parameters, MACs, size, latency, accuracy, and a Pareto plot."""
-    from compresskit.compress.jobs import report_run
+    from compresskit.jobs import report_run
     from compresskit.progress import Progress
 
     with user_errors():
         result = report_run(
-            [str(r) for r in runs], out, device=device, bench_seconds=bench_seconds, threads=threads,
-            progress=Progress(enabled=not quiet),
+            [str(r) for r in runs], out, device=device.value, bench_seconds=bench_seconds, threads=threads,
+            overwrite=overwrite, progress=Progress(enabled=not quiet),
         )  # fmt: skip
     _print_report(result["table"], "model comparison (reductions relative to the first run)")
     _print_table("report", [("written", ", ".join(result["files"]))])
@@ -492,16 +654,16 @@ def report(
 def sensitivity(
     checkpoint: Path = typer.Option(..., help="Run directory (its checkpoint.pt) or a .pt file."),
     ratios: str = typer.Option("0.25,0.5,0.75", help="Comma list of fractions of channels to remove."),
-    importance: str = typer.Option("l1", help="l1|l2|bn-scale|random (no data-driven ones here)."),
+    importance: SensitivityImportance = typer.Option("l1", help="How channels are ranked (no data-driven)."),
     samples: int | None = typer.Option(None, help="Evaluate on this many class-balanced test images."),
     data_dir: RunDataDir = None,
     download: Download = True,
     batch_size: int = typer.Option(256, help="Evaluation batch size."),
-    device: Device = "auto",
+    device: Device = DeviceName.auto,
     quiet: Quiet = False,
 ) -> None:
     """Prune each conv layer alone at each ratio (no fine-tuning) and chart the accuracy lost."""
-    from compresskit.compress.jobs import sensitivity_run
+    from compresskit.jobs import sensitivity_run
     from compresskit.progress import Progress
 
     with user_errors():
@@ -511,9 +673,9 @@ def sensitivity(
             message = f"--ratios '{ratios}' must be a comma list of numbers, e.g. 0.25,0.5."
             raise CompresskitError(message) from None
         result = sensitivity_run(
-            checkpoint, values, importance=importance, samples=samples,
+            checkpoint, values, importance=importance.value, samples=samples,
             data_dir=str(data_dir) if data_dir is not None else None, download=download,
-            batch_size=batch_size, device=device, progress=Progress(enabled=not quiet),
+            batch_size=batch_size, device=device.value, progress=Progress(enabled=not quiet),
         )  # fmt: skip
     table = result["table"]
     layer_order = list(dict.fromkeys(table["layer"]))

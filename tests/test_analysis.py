@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -22,10 +21,9 @@ from compresskit.analysis import (
     select_layers,
     separation_index,
 )
-from compresskit.data import ImageSplit, Loader, balanced_subset, stratified_split
+from compresskit.data import ImageSplit, Loader, balanced_subset
 from compresskit.errors import CompresskitError
 from compresskit.models import ModelSpec, build_model, make_spec
-from compresskit.runs import _fitted_train_indices
 
 
 def vgg11(head: str = "linear") -> nn.Module:
@@ -187,24 +185,6 @@ def test_balanced_subset_gives_all_of_a_small_class():
 def test_balanced_subset_needs_one_sample_per_class():
     with pytest.raises(CompresskitError, match="--samples 2"):
         balanced_subset(torch.arange(3), 2, seed=0)
-
-
-def test_fitted_train_indices_leave_out_the_validation_split(tmp_path):
-    labels = torch.arange(4).repeat_interleave(25)
-
-    class Data:
-        train = ImageSplit(torch.zeros(100, 1, 32, 32, dtype=torch.uint8), labels)
-
-    (tmp_path / "config.json").write_text(json.dumps({"data": {"val_fraction": 0.2}, "train": {"seed": 7}}))
-    keep, held = stratified_split(labels, 0.2, 7)
-    assert torch.equal(_fitted_train_indices(tmp_path, Data), keep)
-    assert not set(_fitted_train_indices(tmp_path, Data).tolist()) & set(held.tolist())
-    original = {"data": {"val_fraction": 0.2}, "train": {"seed": 7}}
-    compressed = {"compressed_from": "x", "original_run": original}
-    (tmp_path / "config.json").write_text(json.dumps(compressed))  # a pruned run: follow its training run
-    assert torch.equal(_fitted_train_indices(tmp_path, Data), keep)
-    (tmp_path / "config.json").unlink()
-    assert torch.equal(_fitted_train_indices(tmp_path, Data), torch.arange(100))
 
 
 def test_balanced_subset_among_draws_only_from_the_given_samples():

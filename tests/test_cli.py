@@ -82,14 +82,16 @@ def test_quiet_prints_no_progress(trained_run):
 
 def test_evaluate_writes_reports_that_agree(trained_run):
     run, _, evaluation = trained_run
-    for name in ("evaluation.json", "per_class.csv", "confusion.png", "confusion.csv"):
-        assert (run / name).is_file(), name
-    result = json.loads((run / "evaluation.json").read_text())
+    folder = run / "evaluation"
+    for name in ("evaluation.json", "per_class.csv", "confusion.png", "confusion.csv", "most_confused.csv"):
+        assert (folder / name).is_file(), name
+    assert json.loads((folder / "run.json").read_text())["command"] == "evaluate"
+    result = json.loads((folder / "evaluation.json").read_text())
     summary = json.loads((run / "summary.json").read_text())
     assert result["test_acc"] == pytest.approx(summary["test_acc"], abs=1e-9)
     assert result["dataset"] == "synthetic"
 
-    confusion = pd.read_csv(run / "confusion.csv", index_col=0)
+    confusion = pd.read_csv(folder / "confusion.csv", index_col=0)
     classes = [f"class{i}" for i in range(4)]
     assert list(confusion.index) == classes
     assert list(confusion.columns) == classes
@@ -97,7 +99,7 @@ def test_evaluate_writes_reports_that_agree(trained_run):
     assert matrix.sum() == result["test_samples"]
     assert result["test_acc"] == pytest.approx(matrix.trace() / matrix.sum())
 
-    per_class = pd.read_csv(run / "per_class.csv")
+    per_class = pd.read_csv(folder / "per_class.csv")
     assert per_class["class"].tolist() == classes
     for i, row in per_class.iterrows():
         support = matrix[i].sum()
@@ -134,8 +136,8 @@ BASE = ["train", "--dataset", "synthetic", "--model", "cnn", "--width", "0.25", 
 # (extra arguments, text the error line must contain); "{tmp}" is the test's tmp_path,
 # "{garbage}" a CIFAR folder whose data_batch_1 is garbage, "{empty}" an empty folder.
 TRAIN_ERRORS = {
-    "unknown-model": (["--model", "vgg99"], "--model 'vgg99'"),
-    "unknown-dataset": (["--dataset", "imagenet"], "--dataset 'imagenet'"),
+    "unknown-model": (["--model", "vgg99"], "'--model': Value error, 'vgg99' is not one of 'vgg11'"),
+    "unknown-dataset": (["--dataset", "imagenet"], "'--dataset': Value error, 'imagenet' is not one of"),
     "missing-data": (
         ["--dataset", "cifar10", "--data-dir", "{empty}", "--no-download"],
         CIFAR10_FOLDER,
@@ -149,10 +151,10 @@ TRAIN_ERRORS = {
     "val-fraction": (["--val-fraction", "1.5"], "--val-fraction 1.5"),
     "augment": (["--augment", "rotate"], "--augment 'rotate'"),
     "lr": (["--lr", "-1"], "--lr"),
-    "optimizer": (["--optimizer", "adam"], "--optimizer 'adam'"),
+    "optimizer": (["--optimizer", "adam"], "'adam' is not one of 'sgd', 'adamw'"),
     "target-accuracy": (["--target-accuracy", "90"], "--target-accuracy 90"),
-    "head": (["--head", "deep"], "--head 'deep'"),
-    "markup-in-input": (["--model", "[/bold]x"], "--model '[/bold]x'"),
+    "head": (["--head", "deep"], "'deep' is not one of 'linear', 'mlp'"),
+    "markup-in-input": (["--model", "[/bold]x"], "'[/bold]x' is not one of"),
 }
 
 
@@ -187,16 +189,22 @@ def test_train_bad_input(tmp_path, case):
     assert sorted(os.listdir(tmp_path)) == before
 
 
-def test_train_refuses_non_empty_out(tmp_path):
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_train_refuses_a_folder_it_did_not_make(tmp_path, overwrite):
     out = tmp_path / "run"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    result = invoke(*BASE, "--out", out)
+    result = invoke(*BASE, "--out", out, *overwrite)
     _check_one_line_error(result, "--out")
-    assert "--overwrite" in result.stderr
+    assert "made by something other than compresskit" in result.stderr
     assert os.listdir(out) == ["keep.txt"]
     assert (out / "keep.txt").read_text() == "mine"
     assert not list(tmp_path.glob(".run.partial-*"))
+
+
+def test_train_needs_out_or_resume(tmp_path):
+    result = CliRunner().invoke(app, BASE)
+    _check_one_line_error(result, "train needs --out DIR (a new run directory) or --resume RUN")
 
 
 def test_train_refuses_out_that_is_a_file(tmp_path):
@@ -239,41 +247,55 @@ def test_subprocess_unknown_model(tmp_path):
         cwd=tmp_path,
     )
     assert proc.returncode == 2, proc.stderr
-    assert "--model 'nope' is not known" in proc.stderr
+    assert "'nope' is not one of" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert len(proc.stderr.strip().splitlines()) == 1
     _no_run_left(tmp_path, "run")
 
 
-def test_failure_during_training_removes_the_staging_folder(tmp_path, monkeypatch):
-    import compresskit.runs
-    from compresskit.errors import CompresskitError
+def test_failure_during_training_leaves_a_failed_run_with_its_finished_epochs(tmp_path, monkeypatch):
+    import compresskit.jobs.train
+    from compresskit.train import fit
 
-    seen = []
+    def fit_that_breaks_after_epoch_1(model, train, val, cfg, **kwargs):
+        recorder = kwargs["on_epoch"]
 
-    def broken_fit(*args, **kwargs):
-        seen.extend(p.name for p in tmp_path.iterdir())
-        raise CompresskitError("--epochs training broke half-way")
+        def record_then_break(state):
+            recorder(state)
+            raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(compresskit.runs, "fit_keeping_finished_epochs", broken_fit)
-    result = invoke(*BASE, "--out", tmp_path / "run", "--quiet")
-    _check_one_line_error(result, "training broke half-way")
-    assert any(name.startswith(".run.partial-") for name in seen)  # it was staged ...
-    _no_run_left(tmp_path, "run")  # ... and cleaned away
-    assert os.listdir(tmp_path) == []
+        return fit(model, train, val, cfg, **{**kwargs, "on_epoch": record_then_break})
+
+    monkeypatch.setattr(compresskit.jobs.train, "fit", fit_that_breaks_after_epoch_1)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        invoke_raising(*BASE, "--epochs", "3", "--out", tmp_path / "run", "--quiet")
+    marker = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert marker["state"] == "failed"
+    assert "disk on fire" in marker["message"]
+    assert pd.read_csv(tmp_path / "run" / "history.csv")["epoch"].tolist() == [1]
+    assert load_checkpoint(tmp_path / "run" / "last.pt").training["epoch"] == 1
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
-def test_overwrite_replaces_an_existing_run(tmp_path):
+def invoke_raising(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_overwrite_replaces_only_an_earlier_train_run(tmp_path):
     out = tmp_path / "run"
-    out.mkdir()
-    (out / "old.txt").write_text("old")
+    first = invoke(*BASE, "--out", out, "--quiet", "--val-fraction", "0")
+    assert first.exit_code == 0, first.output
+    (out / "note.txt").write_text("inside the earlier run")
+    again = invoke(*BASE, "--out", out, "--quiet", "--val-fraction", "0")
+    _check_one_line_error(again, "--overwrite")
+    assert (out / "note.txt").exists()
     result = invoke(*BASE, "--out", out, "--overwrite", "--quiet", "--val-fraction", "0")
     assert result.exit_code == 0, result.output
-    assert not (out / "old.txt").exists()
-    assert (out / "checkpoint.pt").is_file()
+    assert not (out / "note.txt").exists()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best_val_acc"] is None
     assert summary["best_epoch"] == 1
+    assert json.loads((out / "run.json").read_text())["state"] == "finished"
     assert os.listdir(tmp_path) == ["run"]
 
 
@@ -350,16 +372,16 @@ def test_analyze_missing_checkpoint(tmp_path):
 
 def test_evaluate_with_tta_records_both_accuracies(trained_run):
     run = trained_run[0]
-    plain = json.loads((run / "evaluation.json").read_text())
+    plain = json.loads((run / "evaluation" / "evaluation.json").read_text())
     result = invoke("evaluate", "--checkpoint", run, "--tta", "flip-translate")
     assert result.exit_code == 0, result.output
-    tta = json.loads((run / "evaluation.json").read_text())
+    tta = json.loads((run / "evaluation" / "evaluation.json").read_text())
     assert tta["tta"] == "flip-translate"
     assert tta["test_acc_no_tta"] == plain["test_acc"]
     assert 0 <= tta["test_acc"] <= 1
     assert "without" in result.stdout
     bad = invoke("evaluate", "--checkpoint", run, "--tta", "rotate")
-    _check_one_line_error(bad, "--tta 'rotate'")
+    _check_one_line_error(bad, "'rotate' is not one of 'none', 'flip', 'flip-translate'")
     assert invoke("evaluate", "--checkpoint", run).exit_code == 0  # leave the plain evaluation behind
 
 
@@ -456,7 +478,7 @@ def test_sensitivity_scans_every_layer_at_every_ratio(trained_run):
         (["--ratio", "1"], "--ratio 1.0"),
         (["--importance", "taylor", "--calibration-samples", "0"], "--importance taylor needs calibration"),
         (["--allocate", "csi", "--calibration-samples", "0"], "--allocate csi needs calibration"),
-        (["--importance", "magic"], "--importance 'magic'"),
+        (["--importance", "magic"], "'magic' is not one of 'l1'"),
         (["--finetune-epochs", "-1"], "--finetune-epochs -1"),
     ],
 )
@@ -567,9 +589,9 @@ def test_evaluate_a_100_class_model_gives_top5_and_most_confused_pairs(tmp_path)
     assert trained.exit_code == 0, trained.output
     result = invoke("evaluate", "--checkpoint", run, "--no-download")
     assert result.exit_code == 0, result.output
-    evaluation = json.loads((run / "evaluation.json").read_text())
+    evaluation = json.loads((run / "evaluation" / "evaluation.json").read_text())
     assert 0.0 <= evaluation["test_acc"] <= evaluation["test_top5_acc"] <= 1.0
-    confused = pd.read_csv(run / "most_confused.csv")
+    confused = pd.read_csv(run / "evaluation" / "most_confused.csv")
     assert list(confused.columns) == ["true", "predicted", "count", "share"]
     assert (confused["true"] != confused["predicted"]).all()
-    assert (run / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run / "evaluation" / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

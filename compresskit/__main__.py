@@ -1,0 +1,5 @@
+"""``python -m compresskit`` runs the command line."""
+
+from compresskit.cli import main
+
+main()

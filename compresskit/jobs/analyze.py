@@ -1,0 +1,101 @@
+"""The analyze job: per-layer CSI, SI and linear-probe accuracy of a checkpoint, train vs test,
+into ``RUN/analysis/`` (replaced as a whole, never half-written, and only when it is analyze's own
+earlier output; files this call does not redo are kept)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from compresskit.data import Loader, balanced_subset
+from compresskit.errors import CompresskitError
+from compresskit.jobs.common import open_checkpoint
+from compresskit.progress import Progress
+from compresskit.rundir import RUN_FILE, check_derived_folder, staged_output
+from compresskit.train import resolve_device
+
+FOLDER = "analysis"
+
+
+def analyze_run(
+    checkpoint: str | Path,
+    *,
+    samples: int = 1000,
+    layers: str = "blocks",
+    metrics: str = "csi,si,probe",
+    filters: bool = False,
+    data_dir: str | None = None,
+    download: bool = True,
+    batch_size: int = 256,
+    device: str = "auto",
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> dict:
+    """Per-layer CSI, SI and linear-probe accuracy of `checkpoint`, on class-balanced subsets of
+    `samples` training images (from the part of train the run was fitted on: its recorded split,
+    checked) and `samples` test images.
+
+    Writes ``layers.csv`` and ``separation.png`` (and ``filters.png`` with `filters`) into
+    ``RUN/analysis/``. Returns ``{"table": DataFrame, "files": [...], ...}``.
+    """
+    from compresskit.analysis import layer_table, parse_metrics, select_layers
+    from compresskit.plots import plot_filters, plot_separation
+
+    progress = progress or Progress(enabled=False)
+    if batch_size <= 0:
+        raise CompresskitError(f"--batch-size {batch_size} must be a positive integer.")
+    if samples <= 0:
+        raise CompresskitError(f"--samples {samples} must be a positive integer.")
+    metric_names = parse_metrics(metrics)
+    if not metric_names and not filters:
+        raise CompresskitError("--metrics none leaves nothing to do; ask for a metric or --filters.")
+    ckpt, config, data = open_checkpoint(checkpoint, data_dir, download=download)
+    folder = ckpt.path.parent / FOLDER
+    check_derived_folder(folder, "analyze")
+    torch_device = resolve_device(device)
+    model = ckpt.build(torch_device)
+    try:
+        chosen = select_layers(model, layers)
+    except ValueError as exc:
+        raise CompresskitError(str(exc)) from None
+    result: dict = {"checkpoint": str(ckpt.path), "dataset": data.name, "files": []}
+    with staged_output(folder, "analyze") as stage:
+        if folder.is_dir():  # keep what this call does not redo
+            for old in folder.iterdir():
+                if old.is_file() and old.name != RUN_FILE:
+                    shutil.copy2(old, stage / old.name)
+        if metric_names:
+            fitted, _ = config.data.split.indices(data.train.labels, str(ckpt.path.parent))
+            train_pick = balanced_subset(data.train.labels, samples, seed, among=fitted)
+            test_pick = balanced_subset(data.test.labels, samples, seed)
+            loaders = [
+                Loader(
+                    split,
+                    batch_size,
+                    mean=tuple(config.data.mean),
+                    std=tuple(config.data.std),
+                    device=torch_device,
+                )
+                for split in (data.train.subset(train_pick), data.test.subset(test_pick))
+            ]
+            progress.log(
+                f"analyzing {len(chosen)} layers of {ckpt.spec.name} on {len(train_pick)} train and "
+                f"{len(test_pick)} test images of {data.name} ({', '.join(metric_names)})"
+            )
+            table = layer_table(model, *loaders, chosen, metric_names, progress=progress)
+            table.to_csv(stage / "layers.csv", index=False)
+            plot_separation(table, stage / "separation.png", title=f"{ckpt.spec.name} on {data.name}")
+            result.update(table=table, train_samples=len(train_pick), test_samples=len(test_pick))
+        if filters:
+            first_conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+            if first_conv is None:
+                raise CompresskitError(f"--filters: {ckpt.path} has no convolution layer.")
+            plot_filters(
+                first_conv.weight.detach().cpu().numpy(),
+                stage / "filters.png",
+                title=f"first-layer filters of {ckpt.spec.name}",
+            )
+        result["files"] = [str(folder / p.name) for p in sorted(stage.iterdir()) if p.name != RUN_FILE]
+    return result

@@ -1,0 +1,180 @@
+"""What every job shares: loaders rebuilt from a run's recorded data, the per-epoch recorder that
+keeps a live run directory current, and the guard that records how a run ended."""
+
+from __future__ import annotations
+
+import platform
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from compresskit import __version__
+from compresskit.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from compresskit.data import Augmentation, ImageDataset, Loader, load_dataset
+from compresskit.errors import CompresskitError
+from compresskit.models import ModelSpec
+from compresskit.plots import plot_training_curves
+from compresskit.rundir import DataRecord, RunConfig, read_config, set_state, write_text_atomic
+from compresskit.train import HISTORY_COLUMNS, TrainingState
+
+LAST_NAME = "last.pt"
+
+
+class RunInterrupted(CompresskitError):
+    """A run stopped by SIGINT or SIGTERM after its last finished epoch was saved."""
+
+    exit_code = 130
+
+
+def versions() -> dict:
+    import torchvision
+
+    return {
+        "compresskit": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def data_loaders(
+    data: ImageDataset,
+    record: DataRecord,
+    *,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    augment: Augmentation | None = None,
+    where: str = "the run",
+) -> tuple[Loader, Loader | None, Loader]:
+    """Train (shuffled from `seed`, augmented by `augment` or the recorded recipe), validation
+    (the recorded split, checked) and test loaders on `device`, normalised with the recorded
+    statistics."""
+    train_idx, val_idx = record.split.indices(data.train.labels, where)
+    stats = {
+        "mean": tuple(record.mean),
+        "std": tuple(record.std),
+        "device": device,
+        "channels_last": device.type == "cuda",
+    }
+    augment = augment if augment is not None else Augmentation.parse(record.augment)
+    eval_batch = max(batch_size, 256)
+    train = Loader(
+        data.train.subset(train_idx), batch_size, augment=augment, shuffle=True, seed=seed, **stats
+    )
+    val = Loader(data.train.subset(val_idx), eval_batch, **stats) if len(val_idx) else None
+    return train, val, Loader(data.test, eval_batch, **stats)
+
+
+def run_dataset(config: RunConfig, data_dir: str | None, *, download: bool, where: str) -> ImageDataset:
+    """The dataset a run was made with (from `data_dir`, else the recorded folder), checked
+    against the run's classes and channels."""
+    record = config.data
+    data = load_dataset(record.dataset, data_dir or record.data_dir, download=download)
+    spec = ModelSpec.from_dict(config.model.spec)
+    if data.num_classes != len(record.classes) or data.channels != spec.in_channels:
+        raise CompresskitError(
+            f"{where} was made on {len(record.classes)} classes and {spec.in_channels} channels, but "
+            f"{record.dataset} found now has {data.num_classes} and {data.channels}."
+        )
+    return data
+
+
+def open_checkpoint(
+    checkpoint: str | Path, data_dir: str | None, *, download: bool
+) -> tuple[Checkpoint, RunConfig, ImageDataset]:
+    """A checkpoint (a run directory means its ``checkpoint.pt``), the `RunConfig` of the run
+    directory it sits in, and that run's dataset; clear errors when any is missing or does not
+    fit the model."""
+    ckpt = load_checkpoint(checkpoint)
+    config = read_config(ckpt.path.parent)
+    where = f"--checkpoint {ckpt.path}"
+    data = run_dataset(config, data_dir, download=download, where=where)
+    if data.num_classes != ckpt.spec.num_classes:
+        raise CompresskitError(
+            f"{where} has {ckpt.spec.num_classes} outputs, but {data.name} has {data.num_classes} classes."
+        )
+    return ckpt, config, data
+
+
+def write_history(path: Path, rows: list[dict]) -> None:
+    """``history.csv`` from history rows (the standard columns first), written atomically."""
+    extra = [c for c in (rows[0] if rows else {}) if c not in HISTORY_COLUMNS]
+    table = pd.DataFrame(rows, columns=[*HISTORY_COLUMNS, *extra])
+    write_text_atomic(path, table.to_csv(index=False))
+
+
+class EpochRecorder:
+    """`fit`'s ``on_epoch``: after every epoch, ``last.pt`` (model + `TrainingState`, atomic), then
+    ``history.csv`` (rows before this fit, `before`, plus the fit's own, with `extra` columns), then
+    ``curves.png``. `meta` goes into ``last.pt``; `model` is the model being trained."""
+
+    def __init__(
+        self,
+        folder: Path,
+        spec: ModelSpec,
+        model: torch.nn.Module,
+        meta: dict,
+        title: str,
+        *,
+        before: list[dict] | None = None,
+        extra: dict | None = None,
+    ) -> None:
+        self.folder, self.spec, self.model, self.meta, self.title = Path(folder), spec, model, meta, title
+        self.before, self.extra = list(before or []), dict(extra or {})
+        self.rows: list[dict] = list(self.before)
+
+    def combined(self, history: list[dict]) -> list[dict]:
+        """The run's whole history: earlier rows, then `history` renumbered after them."""
+        offset = int(self.before[-1]["epoch"]) if self.before else 0
+        return [*self.before, *({**row, "epoch": row["epoch"] + offset, **self.extra} for row in history)]
+
+    def __call__(self, state: TrainingState) -> None:
+        save_checkpoint(
+            self.folder / LAST_NAME,
+            self.spec,
+            self.model,
+            {**self.meta, "epoch": state.epoch, "history_before": self.before},
+            training=state.to_dict(),
+        )
+        self.rows = self.combined(state.history)
+        write_history(self.folder / "history.csv", self.rows)
+        plot_training_curves(pd.DataFrame(self.rows), self.folder / "curves.png", title=self.title)
+
+
+@contextmanager
+def recording_state(folder: Path) -> Iterator[None]:
+    """Run the body as the live run in `folder`: SIGTERM acts like Ctrl-C; an interrupt marks the
+    run ``interrupted`` and raises `RunInterrupted`; any other error marks it ``failed``; success
+    marks it ``finished``."""
+    previous = _catch_sigterm()
+    try:
+        yield
+    except KeyboardInterrupt:
+        set_state(folder, "interrupted", "stopped by a signal; the last finished epoch is in last.pt")
+        raise RunInterrupted(
+            f"interrupted; {folder} keeps every finished epoch — continue with --resume {folder}."
+        ) from None
+    except BaseException as exc:
+        set_state(folder, "failed", f"{type(exc).__name__}: {exc}"[:500])
+        raise
+    else:
+        set_state(folder, "finished")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _catch_sigterm() -> Callable | int | None:
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)

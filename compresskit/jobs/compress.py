@@ -1,0 +1,716 @@
+"""The compression jobs: `prune_run`, `lowrank_run` and `depth_run` each make a live run directory
+from a trained (or already compressed) run; `resume_compress_run` continues a stopped one.
+
+A compressed run directory holds, like a training run, ``run.json``, ``config.json`` (a
+`rundir.RunConfig` whose data record is the source run's own, so fine-tuning validates on exactly
+the images the source held out), and after every fine-tuning epoch ``last.pt``, ``history.csv``
+and ``curves.png``. It also holds ``<label>.pt`` (the model right after compression:
+``pruned.pt``, ``factorized.pt`` or ``truncated.pt``), the method's table (``widths.csv``,
+``ranks.csv`` or ``depth.csv``), and once finished ``checkpoint.pt`` (best fine-tuned epoch by
+validation accuracy), ``report.csv``/``report.md`` (original / compressed / fine-tuned) and
+``summary.json``. Pruning in several steps keeps ``steps/NN.pt`` (the model after step NN's
+fine-tuning); a resumed run replays the pruner's steps from the source, loading those weights,
+so it continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from compresskit.analysis.layers import block_csi
+from compresskit.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, save_checkpoint
+from compresskit.compress.depth import choose_depth, truncate
+from compresskit.compress.lowrank import LowRankConfig, factorize
+from compresskit.compress.prune import ChannelPruner, PruneConfig, as_batches, csi_allocation, rebuild
+from compresskit.data import ImageDataset, ImageSplit, Loader, balanced_subset
+from compresskit.errors import CompresskitError
+from compresskit.jobs.common import (
+    LAST_NAME,
+    EpochRecorder,
+    data_loaders,
+    recording_state,
+    run_dataset,
+    write_history,
+)
+from compresskit.measure import measure_model
+from compresskit.models import ConvNet, ModelSpec, count_parameters
+from compresskit.plots import plot_training_curves
+from compresskit.progress import Progress
+from compresskit.report import comparison_table, write_report
+from compresskit.rundir import (
+    ModelRecord,
+    RunConfig,
+    check_output,
+    create_output,
+    read_config,
+    read_marker,
+    set_state,
+    write_config,
+    write_json,
+)
+from compresskit.train import FitResult, TrainConfig, TrainingState, evaluate, fit, resolve_device
+
+LABELS = {"prune": "pruned", "lowrank": "factorized", "depth": "truncated"}
+
+
+@dataclass
+class JobOptions:
+    """Settings every compression job shares: where the data is, whether an earlier output of the
+    same command may be replaced, and how latency is measured (seconds of timing, CPU threads)."""
+
+    data_dir: str | None = None
+    download: bool = True
+    bench_seconds: float = 1.0
+    threads: int | None = None
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        if self.bench_seconds <= 0:
+            raise CompresskitError(f"--bench-seconds {self.bench_seconds} must be positive.")
+        if self.threads is not None and self.threads < 1:
+            raise CompresskitError(f"--threads {self.threads} must be a positive integer.")
+
+
+@dataclass
+class CompressionJob:
+    """What every compression command shares: the source checkpoint, its run's configuration and
+    model, loaders rebuilt from the source run's own split (checked against its hash) and
+    augmentation, the fine-tuning settings and the measuring options."""
+
+    source: Checkpoint
+    source_config: RunConfig
+    model: ConvNet
+    data: ImageDataset
+    train: Loader
+    val: Loader | None
+    test: Loader
+    device: torch.device
+    finetune: TrainConfig
+    original_acc: float
+    options: JobOptions
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.source.spec
+
+    def calibration(self, samples: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A class-balanced subset of the training images the source was fitted on, unaugmented."""
+        fitted, _ = self.source_config.data.split.indices(self.data.train.labels, str(self.source.path))
+        return self._balanced_batches(self.data.train, samples, among=fitted)
+
+    def test_batches(self, samples: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A class-balanced subset of the test images, unaugmented."""
+        return self._balanced_batches(self.data.test, samples)
+
+    def _balanced_batches(
+        self, split: ImageSplit, samples: int, among: torch.Tensor | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        pick = balanced_subset(split.labels, samples, self.finetune.seed, among=among)
+        record = self.source_config.data
+        loader = Loader(
+            split.subset(pick), 256, mean=tuple(record.mean), std=tuple(record.std), device=self.device
+        )
+        return as_batches(loader)
+
+    def accuracy(self, model: ConvNet) -> float:
+        return evaluate(model, self.test, self.device)[1]
+
+
+def open_job(checkpoint: str | Path, finetune: TrainConfig, options: JobOptions) -> CompressionJob:
+    """Validate the shared flags, load the source checkpoint, its run's config and data; nothing
+    is written."""
+    if finetune.epochs < 0:
+        raise CompresskitError(f"--finetune-epochs {finetune.epochs} must be 0 or more.")
+    options.validate()
+    source = load_checkpoint(checkpoint)
+    source_config = read_config(source.path.parent)
+    finetune.validate(has_validation=source_config.data.split.val_count > 0)
+    device = resolve_device(finetune.device)
+    where = f"--checkpoint {source.path}"
+    data = run_dataset(source_config, options.data_dir, download=options.download, where=where)
+    train, val, test = data_loaders(
+        data,
+        source_config.data,
+        batch_size=finetune.batch_size,
+        seed=finetune.seed,
+        device=device,
+        where=where,
+    )
+    model = source.build(device)
+    original_acc = evaluate(model, test, device)[1]
+    return CompressionJob(
+        source, source_config, model, data, train, val, test, device, finetune, original_acc, options
+    )
+
+
+def _check_out(out: Path, command: str, options: JobOptions, checkpoint: str | Path) -> None:
+    from compresskit.checkpoint import resolve_checkpoint
+
+    inputs = [resolve_checkpoint(checkpoint)]
+    if options.data_dir is not None:
+        inputs.append(Path(options.data_dir))
+    check_output(out, command, overwrite=options.overwrite, inputs=inputs)
+
+
+def _run_config(
+    job: CompressionJob, command: str, spec: ModelSpec, model: ConvNet, compression: dict, step: str
+) -> RunConfig:
+    source_model = job.source_config.model
+    return RunConfig(
+        command=command,
+        model=ModelRecord(
+            spec.name,
+            source_model.width,
+            spec.head,
+            spec.dropout,
+            spec.global_pool,
+            spec.to_dict(),
+            count_parameters(model),
+        ),
+        data=job.source_config.data,
+        train=job.finetune.to_dict(),
+        compression={"method": command, "step": step, **compression},
+        source=str(job.source.path),
+        lineage=[*job.source_config.lineage, step],
+        device=str(job.device),
+        threads=torch.get_num_threads(),
+        versions=job.source_config.versions,
+    )
+
+
+def _epoch_split(total: int, steps: int) -> list[int]:
+    """`total` fine-tuning epochs split evenly over `steps`, the remainder going to the last."""
+    split = [total // steps] * steps
+    split[-1] += total - sum(split)
+    return split
+
+
+# --------------------------------------------------------------------------- the three methods
+
+
+def prune_run(
+    checkpoint: str | Path,
+    out: str | Path,
+    cfg: PruneConfig,
+    finetune: TrainConfig,
+    *,
+    calibration_samples: int = 1000,
+    options: JobOptions | None = None,
+    progress: Progress | None = None,
+) -> dict:
+    """Prune the model of `checkpoint` by `cfg`, fine-tune it with `finetune` (``epochs`` is the total
+    fine-tuning budget, split evenly over ``cfg.steps`` steps, the remainder going to the last),
+    into the new run directory `out` (plus ``widths.csv``). Returns the summary with the report
+    table."""
+    progress = progress or Progress(enabled=False)
+    out = Path(out)
+    options = options or JobOptions()
+    cfg.validate()
+    _check_calibration(cfg, calibration_samples)
+    _check_out(out, "prune", options, checkpoint)
+    job = open_job(checkpoint, finetune, options)
+    pruner, layer_ratios = _pruner(job, cfg, calibration_samples, progress)
+    widths = pruner.step()
+    progress.log(f"pruning step 1/{cfg.steps}: conv widths {widths}")
+    step = f"prune {cfg.importance} {cfg.ratio:g} ({cfg.scope}, allocate {cfg.allocate}, steps {cfg.steps})"
+    compressed, compressed_spec = rebuild(pruner.model, job.spec)
+    compression = {
+        "prune": cfg.to_dict(),
+        "layer_ratios": layer_ratios,
+        "calibration_samples": calibration_samples,
+    }
+    config = _run_config(job, "prune", compressed_spec, compressed, compression, step)
+    create_output(out, "prune", overwrite=options.overwrite, inputs=[job.source.path])
+    write_config(out, config)
+    with recording_state(out):
+        return _prune_steps(out, config, job, cfg, pruner, progress, resume=None)
+
+
+def _check_calibration(cfg: PruneConfig, calibration_samples: int) -> None:
+    if calibration_samples < 0:
+        raise CompresskitError(f"--calibration-samples {calibration_samples} must be 0 or more.")
+    needs_data = cfg.importance in ("taylor", "separation") or cfg.allocate == "csi"
+    if needs_data and calibration_samples == 0:
+        what = f"--importance {cfg.importance}" if cfg.allocate != "csi" else "--allocate csi"
+        raise CompresskitError(f"{what} needs calibration data, but --calibration-samples is 0.")
+
+
+def _pruner(
+    job: CompressionJob, cfg: PruneConfig, calibration_samples: int, progress: Progress
+) -> tuple[ChannelPruner, list[float] | None]:
+    """A pruner over a fresh copy of the source model (nothing pruned yet) and the per-layer
+    ratios it uses (None unless ``allocate == "csi"``)."""
+    batches = job.calibration(calibration_samples) if calibration_samples else None
+    layer_ratios = None
+    if cfg.allocate == "csi":
+        assert batches is not None
+        csi, input_csi = block_csi(job.model, batches)
+        layer_ratios = csi_allocation(
+            job.spec, csi, input_csi, cfg.ratio, max_layer_ratio=cfg.max_layer_ratio, round_to=cfg.round_to
+        )
+        progress.log("per-layer ratios from CSI gains: " + ", ".join(f"{r:.2f}" for r in layer_ratios))
+    work = job.source.build(job.device)
+    example = torch.zeros(
+        1, job.spec.in_channels, job.spec.input_size, job.spec.input_size, device=job.device
+    )
+    return ChannelPruner(work, cfg, example, batches, layer_ratios=layer_ratios), layer_ratios
+
+
+STEPS_DIR = "steps"
+
+
+def _prune_steps(
+    out: Path,
+    config: RunConfig,
+    job: CompressionJob,
+    cfg: PruneConfig,
+    pruner: ChannelPruner,
+    progress: Progress,
+    resume: Checkpoint | None,
+) -> dict:
+    """Fine-tune after each pruning step (the pruner has taken step 1 already), saving
+    ``steps/NN.pt`` after each but the last; with `resume` (the run's ``last.pt``), steps that had
+    finished are replayed and their saved weights loaded instead of fine-tuning again."""
+    work, spec = pruner.model, job.spec
+    epochs = _epoch_split(job.finetune.epochs, cfg.steps)
+    history: list[dict] = []
+    compressed: tuple[ConvNet, ModelSpec] | None = None
+    result: FitResult | None = None
+    for step in range(1, cfg.steps + 1):
+        if step > 1:
+            widths = pruner.step()
+            progress.log(f"pruning step {step}/{cfg.steps}: conv widths {widths}")
+        saved = out / STEPS_DIR / f"{step:02d}.pt"
+        if step == cfg.steps:
+            compressed = rebuild(work, spec)
+            if not (out / "pruned.pt").is_file():
+                save_checkpoint(
+                    out / "pruned.pt",
+                    compressed[1],
+                    compressed[0],
+                    _meta(job, config, test_acc=job.accuracy(compressed[0])),
+                )
+                _widths_table(spec, compressed[1]).to_csv(out / "widths.csv", index=False)
+        elif saved.is_file():  # finished before the stop: take its weights, go on
+            done = load_checkpoint(saved)
+            _same_widths(done.spec, rebuild(work, spec)[1], saved)
+            work.load_state_dict(done.state_dict)
+            history = done.meta["history"]
+            continue
+        state = None
+        if resume is not None and int(resume.meta.get("step", 1)) == step:
+            _same_widths(resume.spec, rebuild(work, spec)[1], resume.path)
+            work.load_state_dict(resume.state_dict)
+            state = TrainingState.from_dict(resume.training)
+        result, rows = _fine_tune(
+            out,
+            config,
+            job,
+            work,
+            rebuild(work, spec)[1],
+            epochs[step - 1],
+            progress,
+            before=history,
+            step=step,
+            resume=state,
+        )
+        history = rows
+        if step < cfg.steps:
+            save_checkpoint(saved, rebuild(work, spec)[1], work, {"history": history})
+    assert compressed is not None
+    final, _ = rebuild(work, spec)
+    return _finish(
+        out,
+        config,
+        job,
+        "pruned",
+        compressed,
+        final,
+        history,
+        result,
+        progress,
+        notes=[f"conv widths {spec.conv_widths} → {compressed[1].conv_widths}"],
+    )
+
+
+def _same_widths(saved: ModelSpec, replayed: ModelSpec, path: Path | None) -> None:
+    if saved.conv_widths != replayed.conv_widths:
+        raise CompresskitError(
+            f"{path} holds conv widths {saved.conv_widths}, but replaying the pruner gives "
+            f"{replayed.conv_widths}; this run cannot be resumed on this machine."
+        )
+
+
+def _widths_table(spec: ModelSpec, pruned: ModelSpec) -> pd.DataFrame:
+    table = pd.DataFrame(
+        {
+            "layer": [f"block{i}" for i in range(1, len(spec.conv_widths) + 1)],
+            "original": spec.conv_widths,
+            "pruned": pruned.conv_widths,
+        }
+    )
+    table["kept"] = table["pruned"] / table["original"]
+    return table
+
+
+def lowrank_run(
+    checkpoint: str | Path,
+    out: str | Path,
+    cfg: LowRankConfig,
+    finetune: TrainConfig,
+    *,
+    options: JobOptions | None = None,
+    progress: Progress | None = None,
+) -> dict:
+    """Factorize the chosen layers of `checkpoint` by truncated SVD (`lowrank.factorize`), fine-tune,
+    into the new run directory `out` (plus ``ranks.csv``: every layer's full rank, chosen rank,
+    kept energy, MACs before/after, and whether it was factorized)."""
+    progress = progress or Progress(enabled=False)
+    out = Path(out)
+    options = options or JobOptions()
+    cfg.validate()
+    _check_out(out, "lowrank", options, checkpoint)
+    job = open_job(checkpoint, finetune, options)
+    model, spec, plans = factorize(job.model, job.spec, cfg)
+    plan_table = pd.DataFrame([asdict(plan) for plan in plans])
+    done = plan_table[plan_table["action"] == "factorized"]["layer"].tolist()
+    if not done:
+        raise CompresskitError(
+            "no layer would get cheaper at this rank, so nothing was factorized; "
+            "lower --energy or --rank-ratio."
+        )
+    left = plan_table[plan_table["action"] != "factorized"]
+    left_alone = ", ".join(f"{r.layer} ({r.action})" for r in left.itertuples()) or "none"
+    progress.log(f"factorized {', '.join(done)}; left alone: {left_alone}")
+    how = f"energy {cfg.energy:g}" if cfg.energy is not None else f"rank ratio {cfg.rank_ratio:g}"
+    config = _run_config(
+        job,
+        "lowrank",
+        spec,
+        model,
+        {"lowrank": cfg.to_dict(), "factorized": done, "left_alone": left_alone},
+        f"lowrank {how} ({cfg.layers})",
+    )
+    create_output(out, "lowrank", overwrite=options.overwrite, inputs=[job.source.path])
+    write_config(out, config)
+    with recording_state(out):
+        plan_table.to_csv(out / "ranks.csv", index=False)
+        return _compressed_fine_tune(out, config, job, (model, spec), progress, resume=None)
+
+
+def depth_run(
+    checkpoint: str | Path,
+    out: str | Path,
+    finetune: TrainConfig,
+    *,
+    min_gain: float | None = 0.01,
+    keep_blocks: int | None = None,
+    samples: int = 1000,
+    options: JobOptions | None = None,
+    progress: Progress | None = None,
+) -> dict:
+    """Cut `checkpoint` after the last conv block whose test-CSI gain exceeds `min_gain` (or keep
+    `keep_blocks` blocks), attach a fresh head, fine-tune, into the new run directory `out` (plus
+    ``depth.csv``: each block's test CSI, gain, and whether it was kept)."""
+    progress = progress or Progress(enabled=False)
+    out = Path(out)
+    options = options or JobOptions()
+    if samples <= 0:
+        raise CompresskitError(f"--samples {samples} must be a positive integer.")
+    if keep_blocks is not None and keep_blocks < 1:
+        raise CompresskitError(f"--keep-blocks {keep_blocks} would remove every block; keep at least 1.")
+    _check_out(out, "depth", options, checkpoint)
+    job = open_job(checkpoint, finetune, options)
+    csi, input_csi = block_csi(job.model, job.test_batches(samples))
+    keep, gains = choose_depth(
+        csi, input_csi, min_gain=None if keep_blocks else min_gain, keep_blocks=keep_blocks
+    )
+    if keep == len(csi) and keep_blocks is None:
+        raise CompresskitError(
+            f"every block raises test CSI by more than --min-gain {min_gain}; nothing to remove "
+            "(raise --min-gain or give --keep-blocks)."
+        )
+    table = pd.DataFrame(
+        {
+            "block": [f"block{i}" for i in range(1, len(csi) + 1)],
+            "csi_test": csi,
+            "gain": gains,
+            "kept": [i < keep for i in range(len(csi))],
+        }
+    )
+    removed = ", ".join(
+        f"{r.block} (test CSI {r.csi_test:.3f}, gain {r.gain:+.3f})"
+        for r in table[~table["kept"]].itertuples()
+    )
+    progress.log(f"keeping {keep} blocks; removing {removed}")
+    model, spec = truncate(job.model, job.spec, keep, seed=finetune.seed)
+    rule = f"keep {keep_blocks}" if keep_blocks else f"min gain {min_gain:g}"
+    config = _run_config(
+        job,
+        "depth",
+        spec,
+        model,
+        {
+            "depth": {"min_gain": min_gain, "keep_blocks": keep_blocks, "samples": samples, "kept": keep},
+            "removed": removed,
+        },
+        f"depth {keep} blocks ({rule})",
+    )
+    create_output(out, "depth", overwrite=options.overwrite, inputs=[job.source.path])
+    write_config(out, config)
+    with recording_state(out):
+        table.to_csv(out / "depth.csv", index=False)
+        result = _compressed_fine_tune(out, config, job, (model, spec), progress, resume=None)
+    return {**result, "depth": table}
+
+
+def _compressed_fine_tune(
+    out: Path,
+    config: RunConfig,
+    job: CompressionJob,
+    compressed: tuple[ConvNet, ModelSpec],
+    progress: Progress,
+    resume: Checkpoint | None,
+) -> dict:
+    """Save ``<label>.pt``, fine-tune a copy (from `resume` when given), finish the run."""
+    label = LABELS[config.command]
+    model, spec = compressed
+    if not (out / f"{label}.pt").is_file():
+        save_checkpoint(out / f"{label}.pt", spec, model, _meta(job, config, test_acc=job.accuracy(model)))
+    work = copy.deepcopy(model)
+    state = None
+    if resume is not None:
+        work.load_state_dict(resume.state_dict)
+        state = TrainingState.from_dict(resume.training)
+    result, history = _fine_tune(
+        out, config, job, work, spec, job.finetune.epochs, progress, before=[], step=None, resume=state
+    )
+    notes = [
+        f"{key.replace('_', ' ')}: {config.compression[key]}"
+        for key in ("factorized", "left_alone", "removed")
+        if key in config.compression
+    ]
+    return _finish(out, config, job, label, compressed, work, history, result, progress, notes=notes)
+
+
+def _meta(job: CompressionJob, config: RunConfig, **extra) -> dict:
+    record = config.data
+    return {
+        "dataset": record.dataset,
+        "data_dir": record.data_dir,
+        "classes": record.classes,
+        "mean": record.mean,
+        "std": record.std,
+        "compressed_from": str(job.source.path),
+        "lineage": config.lineage,
+        **extra,
+    }
+
+
+def _fine_tune(
+    out: Path,
+    config: RunConfig,
+    job: CompressionJob,
+    model: ConvNet,
+    spec: ModelSpec,
+    epochs: int,
+    progress: Progress,
+    *,
+    before: list[dict],
+    step: int | None,
+    resume: TrainingState | None,
+) -> tuple[FitResult | None, list[dict]]:
+    """Train `model` in place for `epochs` with the job's settings, recording every epoch in `out`;
+    (the fit's result or None for no epochs, the run's whole history so far)."""
+    if not epochs:
+        return None, list(before)
+    cfg = TrainConfig(**{**job.finetune.to_dict(), "epochs": epochs})
+    extra = {} if step is None else {"step": step}
+    recorder = EpochRecorder(
+        out,
+        spec,
+        model,
+        _meta(job, config, **extra),
+        f"fine-tuning {LABELS[config.command]} {job.spec.name}",
+        before=before,
+        extra=extra,
+    )
+    result = fit(model, job.train, job.val, cfg, progress=progress, resume=resume, on_epoch=recorder)
+    return result, recorder.combined(result.history)
+
+
+def _finish(
+    out: Path,
+    config: RunConfig,
+    job: CompressionJob,
+    label: str,
+    compressed: tuple[ConvNet, ModelSpec],
+    final: ConvNet,
+    history: list[dict],
+    best: FitResult | None,
+    progress: Progress,
+    notes: Sequence[str],
+) -> dict:
+    """Write what every finished compressed run holds besides its method's own files:
+    ``checkpoint.pt`` (best fine-tuned epoch), ``last.pt``, ``history.csv``, ``curves.png``,
+    ``report.csv``/``report.md`` (original / compressed / fine-tuned), the final ``config.json``
+    and ``summary.json``. `final` is the fine-tuned model (last epoch). Returns the summary."""
+    compressed_model, spec = compressed
+    final_spec = spec  # fine-tuning keeps the compressed architecture
+    compressed_acc = job.accuracy(compressed_model)
+    write_history(out / "history.csv", history)
+    last = load_checkpoint(out / LAST_NAME) if (out / LAST_NAME).is_file() else None
+    save_checkpoint(
+        out / LAST_NAME,
+        final_spec,
+        final,
+        _meta(job, config, test_acc=job.accuracy(final)),
+        training=None if last is None else last.training,
+    )
+    if best is not None:
+        final.load_state_dict(best.best_state)
+    final_acc = job.accuracy(final)
+    save_checkpoint(
+        out / CHECKPOINT_NAME,
+        final_spec,
+        final,
+        _meta(
+            job,
+            config,
+            test_acc=final_acc,
+            epoch=best.best_epoch if best else 0,
+            val_acc=best.best_val_acc if best else None,
+        ),
+    )
+    if history:
+        plot_training_curves(
+            pd.DataFrame(history), out / "curves.png", title=f"fine-tuning {label} {job.spec.name}"
+        )
+    progress.log("measuring parameters, MACs, size and latency of the three models")
+    lineage = config.lineage
+    compared = [
+        ("original", job.model, job.spec, job.original_acc, job.source.path, lineage[:-1]),
+        (label, compressed_model, spec, compressed_acc, out / f"{label}.pt", lineage),
+        (f"{label}+fine-tuned", final, final_spec, final_acc, out / CHECKPOINT_NAME, lineage),
+    ]
+    with progress.task("measuring", total=len(compared)) as advance:
+        rows = []
+        for name, model, s, acc, path, steps in compared:
+            rows.append(
+                measure_row(name, model, s, acc, path, job.options.bench_seconds, job.options.threads, steps)
+            )
+            advance()
+    table = comparison_table(rows)
+    notes = [
+        f"{' → '.join(lineage)}; fine-tuned {job.finetune.epochs} epochs",
+        *notes,
+        "MACs: torch-pruning's counter, one image; latency: median of torch.utils.benchmark runs on "
+        f"{rows[0]['device']} with {rows[0]['threads']} threads; test_acc: full test split",
+    ]
+    write_report(table, out, f"{lineage[-1]} of {job.spec.name}", notes)
+    config.model = ModelRecord(
+        **{**asdict(config.model), "spec": final_spec.to_dict(), "parameters": count_parameters(final)}
+    )
+    write_config(out, config)
+    summary = {
+        "run": str(out),
+        "lineage": lineage,
+        "original_test_acc": job.original_acc,
+        f"{label}_test_acc": compressed_acc,
+        "test_acc": final_acc,
+        "original_parameters": count_parameters(job.model),
+        "parameters": count_parameters(final),
+        "conv_widths": final_spec.conv_widths,
+        "macs_reduction": float(table["macs_reduction"].iloc[-1]),
+        "latency_reduction_b1": float(table["latency_reduction_b1"].iloc[-1]),
+        "latency_reduction_b128": float(table["latency_reduction_b128"].iloc[-1]),
+    }
+    write_json(out / "summary.json", summary)
+    return {**summary, "table": table}
+
+
+def measure_row(
+    name: str,
+    model: ConvNet,
+    spec: ModelSpec,
+    test_acc: float,
+    path: Path | None,
+    bench_seconds: float,
+    threads: int | None = None,
+    lineage: Sequence[str] = (),
+) -> dict:
+    """One row of a comparison table: `measure.measure_model` at batch 1 and 128, plus accuracy
+    and lineage."""
+    measured = measure_model(
+        model,
+        (spec.in_channels, spec.input_size, spec.input_size),
+        batch_sizes=(1, 128),
+        device=next(model.parameters()).device,
+        checkpoint_path=path,
+        min_run_time=bench_seconds,
+        threads=threads,
+    )
+    return {"model": name, **measured.to_row(), "test_acc": test_acc, "lineage": " → ".join(lineage)}
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def resume_compress_run(
+    run: str | Path,
+    command: str,
+    *,
+    data_dir: str | None = None,
+    download: bool = True,
+    bench_seconds: float = 1.0,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> dict:
+    """Continue the stopped `command` (prune, lowrank or depth) run `run` from its last finished
+    fine-tuning epoch, with the run's own configuration."""
+    progress = progress or Progress(enabled=False)
+    run = Path(run)
+    marker = read_marker(run)
+    if marker is None or marker.command != command:
+        made = "no run.json" if marker is None else f"a {marker.command} run"
+        raise CompresskitError(f"--resume {run} is not a compresskit {command} run directory ({made}).")
+    if marker.state == "finished":
+        raise CompresskitError(f"--resume {run} has already finished; there is nothing to continue.")
+    config = read_config(run)
+    options = JobOptions(data_dir=data_dir, download=download, bench_seconds=bench_seconds, threads=threads)
+    job = open_job(config.source, TrainConfig(**config.train), options)
+    if job.source_config.data.split != config.data.split:
+        raise CompresskitError(
+            f"--resume {run}: its source {config.source} no longer has the split it recorded."
+        )
+    last = load_checkpoint(run / LAST_NAME) if (run / LAST_NAME).is_file() else None
+    if last is not None and last.training is None:
+        last = None  # a finished fine-tuning's last.pt: the run stopped while writing its report
+    set_state(run, "running")
+    progress.log(f"resuming {run}" + (f" after fine-tuning epoch {last.meta.get('epoch')}" if last else ""))
+    with recording_state(run):
+        if command == "prune":
+            compression = config.compression or {}
+            cfg = PruneConfig(**compression["prune"])
+            pruner, _ = _pruner(job, cfg, int(compression["calibration_samples"]), progress)
+            widths = pruner.step()
+            progress.log(f"pruning step 1/{cfg.steps} (replayed): conv widths {widths}")
+            return _prune_steps(run, config, job, cfg, pruner, progress, resume=last)
+        label = LABELS[command]
+        if not (run / f"{label}.pt").is_file():
+            raise CompresskitError(
+                f"--resume {run} has no {label}.pt; it stopped before compressing, start it again."
+            )
+        compressed = load_checkpoint(run / f"{label}.pt")
+        result = _compressed_fine_tune(
+            run, config, job, (compressed.build(job.device), compressed.spec), progress, resume=last
+        )
+        if command == "depth":
+            result["depth"] = pd.read_csv(run / "depth.csv")
+        return result

@@ -1,0 +1,77 @@
+"""The evaluate job: test accuracy, per-class precision/recall/F1, confusion matrix and the most
+confused class pairs of a checkpoint, into ``RUN/evaluation/`` (a folder replaced as a whole,
+never half-written, and only when it is evaluate's own earlier output)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from compresskit.data import Loader
+from compresskit.errors import CompresskitError
+from compresskit.evaluation import classification_report
+from compresskit.jobs.common import open_checkpoint
+from compresskit.plots import plot_confusion_matrix
+from compresskit.rundir import check_derived_folder, staged_output, write_json
+from compresskit.train import check_tta, predict, resolve_device
+
+FOLDER = "evaluation"
+FILES = ("evaluation.json", "per_class.csv", "most_confused.csv", "confusion.csv", "confusion.png")
+
+
+def evaluate_run(
+    checkpoint: str | Path,
+    *,
+    data_dir: str | None = None,
+    download: bool = True,
+    batch_size: int = 256,
+    device: str = "auto",
+    tta: str = "none",
+) -> dict:
+    """Evaluate `checkpoint` (a run directory means its ``checkpoint.pt``) on the run's test split.
+
+    `tta` (none, flip, flip-translate) averages test-time views (`train.tta_logits`); every reported
+    number then uses those predictions, and ``test_acc_no_tta`` keeps the plain accuracy. Top-5
+    accuracy is reported for more than 10 classes. Writes `FILES` into ``RUN/evaluation/`` and
+    returns the summary dict with ``per_class`` (a DataFrame) and ``folder``.
+    """
+    if batch_size <= 0:
+        raise CompresskitError(f"--batch-size {batch_size} must be a positive integer.")
+    check_tta(tta)
+    ckpt, config, data = open_checkpoint(checkpoint, data_dir, download=download)
+    folder = ckpt.path.parent / FOLDER
+    check_derived_folder(folder, "evaluate")
+    torch_device = resolve_device(device)
+    model = ckpt.build(torch_device)
+    loader = Loader(
+        data.test, batch_size, mean=tuple(config.data.mean), std=tuple(config.data.std), device=torch_device
+    )
+    logits, labels = predict(model, loader, torch_device, tta=tta)
+    plain_logits = predict(model, loader, torch_device)[0] if tta != "none" else logits
+    report = classification_report(logits, labels, data.classes)
+    summary = {
+        "checkpoint": str(ckpt.path),
+        "dataset": data.name,
+        "test_samples": report.num_samples,
+        "test_acc": report.accuracy,
+        "test_top5_acc": report.top5,
+        "tta": tta,
+        "test_acc_no_tta": float((plain_logits.argmax(1) == labels).double().mean()),
+        "test_loss": float(torch.nn.functional.cross_entropy(logits, labels)),
+        "macro_precision": report.macro_precision,
+        "macro_recall": report.macro_recall,
+        "macro_f1": report.macro_f1,
+    }
+    with staged_output(folder, "evaluate") as stage:
+        report.most_confused(20).to_csv(stage / "most_confused.csv", index=False)
+        report.per_class.to_csv(stage / "per_class.csv", index=False)
+        pd.DataFrame(report.confusion, index=data.classes, columns=data.classes).to_csv(
+            stage / "confusion.csv"
+        )
+        plot_confusion_matrix(
+            report.confusion, data.classes, stage / "confusion.png", title=f"{ckpt.spec.name} on {data.name}"
+        )
+        write_json(stage / "evaluation.json", summary)
+    return {**summary, "per_class": report.per_class, "folder": str(folder)}

@@ -1,0 +1,483 @@
+"""The training job: `train_run` makes a live run directory and trains into it; `resume_train_run`
+continues a stopped one from its last finished epoch.
+
+The run directory exists from the moment training starts (after every flag and the data are
+checked). After every epoch it holds ``last.pt`` (model and `TrainingState`), ``history.csv`` and
+``curves.png``; ``run.json`` says whether it is running, finished, interrupted or failed. When
+training ends it gains ``checkpoint.pt`` (best validation accuracy, with its test accuracy) and
+``summary.json``. A layer-wise run also keeps ``stages/NN/`` (history and best model of each
+finished stage), ``stages.csv`` and ``stages.png``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from compresskit.analysis.layers import block_csi
+from compresskit.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, save_checkpoint
+from compresskit.data import (
+    Augmentation,
+    ImageDataset,
+    Loader,
+    balanced_subset,
+    check_val_fraction,
+    default_augmentation,
+    load_dataset,
+)
+from compresskit.errors import CompresskitError
+from compresskit.jobs.common import (
+    LAST_NAME,
+    EpochRecorder,
+    data_loaders,
+    recording_state,
+    run_dataset,
+    versions,
+    write_history,
+)
+from compresskit.layerwise import (
+    LayerwiseConfig,
+    LayerwiseResume,
+    StageResult,
+    stage_row,
+    stage_spec,
+    train_layerwise,
+)
+from compresskit.models import ConvNet, ModelSpec, build_model, count_parameters, make_spec
+from compresskit.plots import plot_stages, plot_training_curves
+from compresskit.progress import Progress
+from compresskit.rundir import (
+    DataRecord,
+    ModelRecord,
+    RunConfig,
+    SplitRecord,
+    check_output,
+    create_output,
+    read_config,
+    read_marker,
+    set_state,
+    write_config,
+    write_json,
+)
+from compresskit.train import (
+    HISTORY_COLUMNS,
+    FitResult,
+    TrainConfig,
+    TrainingState,
+    evaluate,
+    fit,
+    resolve_device,
+)
+
+
+@dataclass
+class ModelOptions:
+    """How to build the model: a name from `MODEL_NAMES` and its variations."""
+
+    name: str = "vgg11_bn"
+    width: float = 1.0
+    head: str = "linear"
+    dropout: float = 0.0
+    global_pool: bool = False
+
+
+@dataclass
+class DataOptions:
+    """Which data, and how it is split and augmented. `augment=None` picks the dataset default."""
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = True
+    val_fraction: float = 0.1
+    augment: str | None = None
+
+
+def _model_spec(options: ModelOptions, *, num_classes: int, in_channels: int) -> ModelSpec:
+    return make_spec(
+        options.name,
+        num_classes,
+        in_channels=in_channels,
+        width=options.width,
+        head=options.head,
+        dropout=options.dropout,
+        global_pool=options.global_pool,
+    )
+
+
+def train_run(
+    out: str | Path,
+    model_options: ModelOptions,
+    data_options: DataOptions,
+    cfg: TrainConfig,
+    *,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    layerwise: LayerwiseConfig | None = None,
+) -> dict:
+    """Train a model from scratch into the new run directory `out`; returns the summary dict.
+
+    With `layerwise`, train greedily block by block (`compresskit.layerwise`); the final model is
+    the whole network with the last stage's mlp head.
+    """
+    progress = progress or Progress(enabled=False)
+    out = Path(out)
+    # Validate every flag before touching data or disk.
+    check_val_fraction(data_options.val_fraction)
+    cfg.validate(has_validation=data_options.val_fraction > 0)
+    plan = _model_spec(model_options, num_classes=2, in_channels=1)  # checks the model flags
+    augment = (
+        Augmentation.parse(data_options.augment)
+        if data_options.augment is not None
+        else default_augmentation(data_options.dataset)
+    )
+    device = resolve_device(cfg.device)
+    if layerwise is not None:
+        layerwise.epochs_for(len(plan.conv_widths))
+        if layerwise.aug_switch is not None:
+            Augmentation.parse(layerwise.aug_switch[1])
+    check_output(out, "train", overwrite=overwrite)
+    data = load_dataset(data_options.dataset, data_options.data_dir, download=data_options.download)
+    spec = _model_spec(model_options, num_classes=data.num_classes, in_channels=data.channels)
+    if layerwise is not None:
+        spec = stage_spec(spec, len(spec.conv_widths))
+    model = build_model(spec, seed=cfg.seed)
+    config = RunConfig(
+        command="train",
+        model=ModelRecord(**asdict(model_options), spec=spec.to_dict(), parameters=count_parameters(model)),
+        data=DataRecord(
+            dataset=data.name,
+            data_dir=data_options.data_dir,
+            augment=augment.describe(),
+            split=SplitRecord.make(data.train.labels, data_options.val_fraction, cfg.seed),
+            classes=list(data.classes),
+            mean=list(data.mean),
+            std=list(data.std),
+            test_count=len(data.test),
+        ),
+        train=cfg.to_dict(),
+        layerwise=None if layerwise is None else asdict(layerwise),
+        lineage=[f"train {spec.name} ({out.name})"],
+        device=str(device),
+        threads=torch.get_num_threads(),
+        versions=versions(),
+    )
+    create_output(out, "train", overwrite=overwrite)
+    write_config(out, config)
+    with recording_state(out):
+        return _train(out, config, data, model, device, progress, resume=None)
+
+
+def resume_train_run(
+    run: str | Path, *, data_dir: str | None = None, download: bool = True, progress: Progress | None = None
+) -> dict:
+    """Continue the stopped training run `run` from the last epoch its ``last.pt`` holds, with the
+    run's own configuration; the result is what the run would have given had it not stopped."""
+    progress = progress or Progress(enabled=False)
+    run = Path(run)
+    marker = read_marker(run)
+    if marker is None or marker.command != "train":
+        raise CompresskitError(
+            f"--resume {run} is not a compresskit train run directory (no train run.json)."
+        )
+    if marker.state == "finished":
+        raise CompresskitError(f"--resume {run} has already finished; there is nothing to continue.")
+    config = read_config(run)
+    if not (run / LAST_NAME).is_file():
+        raise CompresskitError(
+            f"--resume {run} has no {LAST_NAME}: it stopped before its first epoch "
+            "finished; start it again instead."
+        )
+    last = load_checkpoint(run / LAST_NAME)
+    if last.training is None:
+        raise CompresskitError(f"--resume {run}/{LAST_NAME} holds no training state to continue from.")
+    cfg = TrainConfig(**config.train)
+    device = resolve_device(cfg.device)
+    data = run_dataset(config, data_dir, download=download, where=f"--resume {run}")
+    model = ConvNet(ModelSpec.from_dict(config.model.spec))
+    set_state(run, "running")
+    progress.log(f"resuming {run} after epoch {last.meta.get('epoch')}")
+    with recording_state(run):
+        return _train(run, config, data, model, device, progress, resume=last)
+
+
+def _train(
+    out: Path,
+    config: RunConfig,
+    data: ImageDataset,
+    model: ConvNet,
+    device: torch.device,
+    progress: Progress,
+    resume: Checkpoint | None,
+) -> dict:
+    cfg = TrainConfig(**config.train)
+    spec = ModelSpec.from_dict(config.model.spec)
+    train_loader, val_loader, test_loader = data_loaders(
+        data, config.data, batch_size=cfg.batch_size, seed=cfg.seed, device=device, where=str(out)
+    )
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    meta = {
+        "dataset": data.name,
+        "data_dir": config.data.data_dir,
+        "classes": config.data.classes,
+        "mean": config.data.mean,
+        "std": config.data.std,
+        "lineage": config.lineage,
+    }
+    progress.log(
+        f"{spec.name} (width {config.model.width:g}, {count_parameters(model):,} parameters) on "
+        f"{data.name}: {train_loader.num_samples} train / {config.data.split.val_count} val / "
+        f"{test_loader.num_samples} test images, device {device}"
+    )
+    title = f"{spec.name} on {data.name}"
+    if config.layerwise is None:
+        state = None
+        if resume is not None:
+            model.load_state_dict(resume.state_dict)
+            state = TrainingState.from_dict(resume.training)
+        recorder = EpochRecorder(out, spec, model, meta, title)
+        result = fit(model, train_loader, val_loader, cfg, progress=progress, resume=state, on_epoch=recorder)
+        history = result.history
+    else:
+        layerwise = LayerwiseConfig(**{**config.layerwise, "aug_switch": _switch(config.layerwise)})
+        model, result = _fit_layerwise(
+            out,
+            spec,
+            layerwise,
+            cfg,
+            config,
+            data,
+            device,
+            meta,
+            title,
+            train_loader,
+            val_loader,
+            test_loader,
+            progress,
+            resume,
+        )
+        history = result.history
+    write_history(out / "history.csv", history)
+    last_epoch = int(history[-1]["epoch"]) if history else 0
+    _, last_test_acc = evaluate(model, test_loader, device)
+    last_state = model.state_dict()
+    model.load_state_dict(result.best_state)
+    test_loss, test_acc = evaluate(model, test_loader, device)
+    save_checkpoint(
+        out / CHECKPOINT_NAME,
+        spec,
+        model,
+        {**meta, "epoch": result.best_epoch, "val_acc": result.best_val_acc, "test_acc": test_acc},
+    )
+    last = load_checkpoint(out / LAST_NAME) if (out / LAST_NAME).is_file() else None
+    save_checkpoint(
+        out / LAST_NAME,
+        spec,
+        last_state,
+        {**meta, "epoch": last_epoch, "test_acc": last_test_acc},
+        training=None if last is None else last.training,
+    )
+    if history:
+        plot_training_curves(pd.DataFrame(history), out / "curves.png", title=title)
+    summary = {
+        "run": str(out),
+        "model": spec.name,
+        "width": config.model.width,
+        "parameters": count_parameters(model),
+        "dataset": data.name,
+        "epochs_run": len(history),
+        "stop_reason": result.stop_reason,
+        "best_epoch": result.best_epoch,
+        "best_val_acc": result.best_val_acc,
+        "test_acc": test_acc,
+        "test_loss": test_loss,
+        "last_test_acc": last_test_acc,
+        "train_seconds": result.seconds,
+        "device": str(device),
+    }
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def _switch(layerwise: dict) -> tuple[int, str] | None:
+    switch = layerwise.get("aug_switch")
+    return None if switch is None else (int(switch[0]), str(switch[1]))
+
+
+STAGE_FILE = "stage.pt"
+
+
+def _fit_layerwise(
+    out: Path,
+    spec: ModelSpec,
+    cfg: LayerwiseConfig,
+    train_cfg: TrainConfig,
+    config: RunConfig,
+    data: ImageDataset,
+    device: torch.device,
+    meta: dict,
+    title: str,
+    train_loader: Loader,
+    val_loader: Loader | None,
+    test_loader: Loader,
+    progress: Progress,
+    resume: Checkpoint | None,
+) -> tuple[ConvNet, FitResult]:
+    """Run the layer-wise stages into `out` (resuming inside the stage ``last.pt`` was saved in);
+    return the final model (last-epoch weights) and a `FitResult` spanning all stages."""
+    rows, histories = _finished_stages(out)
+    csi_batches = None
+    if cfg.analyze_stages:
+        fitted, _ = config.data.split.indices(data.train.labels, str(out))
+        pick = balanced_subset(data.train.labels, 1000, train_cfg.seed, among=fitted)
+        test_pick = balanced_subset(data.test.labels, 1000, train_cfg.seed)
+        subsets = {"train": data.train.subset(pick), "test": data.test.subset(test_pick)}
+        csi_batches = {
+            split: list(
+                Loader(subset, 256, mean=tuple(config.data.mean), std=tuple(config.data.std), device=device)
+            )
+            for split, subset in subsets.items()
+        }
+
+    def stage_loaders(stage_number: int) -> tuple:
+        switch = cfg.aug_switch
+        if switch is None or stage_number < switch[0]:
+            return train_loader, val_loader
+        switched = data_loaders(
+            data,
+            config.data,
+            batch_size=train_cfg.batch_size,
+            seed=train_cfg.seed + stage_number,
+            device=device,
+            augment=Augmentation.parse(switch[1]),
+            where=str(out),
+        )
+        return switched[0], switched[1]
+
+    def earlier_rows() -> list[dict]:
+        return [row for table in histories for row in table.to_dict("records")]
+
+    def on_epoch(stage: int, model: ConvNet, state: TrainingState) -> None:
+        before = earlier_rows()
+        recorder = EpochRecorder(
+            out, model.spec, model, {**meta, "stage": stage}, title, before=before, extra={"stage": stage}
+        )
+        recorder(state)
+
+    def after_stage(done: StageResult) -> None:
+        folder = out / "stages" / f"{done.stage:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        table = pd.DataFrame(done.fit.history, columns=list(HISTORY_COLUMNS))
+        table.to_csv(folder / "history.csv", index=False)
+        histories.append(table.assign(stage=done.stage))
+        row = {**stage_row(done), "test_acc": evaluate(done.model, test_loader, device)[1]}
+        if csi_batches is not None:
+            for split, batches in csi_batches.items():
+                row[f"csi_{split}"] = block_csi(done.model, batches)[0][-1]
+        rows.append(row)
+        save_checkpoint(
+            folder / STAGE_FILE,
+            done.spec,
+            done.model,
+            {**meta, "row": row},
+            training={
+                "last_state": done.last_state,
+                "best_state": done.fit.best_state,
+                "best_epoch": done.fit.best_epoch,
+                "best_val_acc": done.fit.best_val_acc,
+                "stop_reason": done.fit.stop_reason,
+                "seconds": done.fit.seconds,
+                "history": done.fit.history,
+            },
+        )
+        pd.DataFrame(rows).to_csv(out / "stages.csv", index=False)
+        progress.log(f"stage {done.stage}: best val {row['best_val_acc']}, test {row['test_acc']:.4f}")
+
+    start = _layerwise_resume(out, resume, device, len(rows))
+    results = train_layerwise(
+        spec,
+        cfg,
+        train_cfg,
+        stage_loaders,
+        device=device,
+        progress=progress,
+        after_stage=after_stage,
+        on_epoch=on_epoch,
+        resume=start,
+    )
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "stages.csv", index=False)
+    plot_stages(
+        [h.drop(columns="stage") for h in histories],
+        table,
+        out / "stages.png",
+        title=f"layer-wise {spec.name}",
+    )
+    history = earlier_rows_combined(histories)
+    if results:
+        last_model, last_fit, last_state = results[-1].model, results[-1].fit, results[-1].last_state
+    else:  # every stage had finished before the stop
+        last_ckpt = load_checkpoint(out / "stages" / f"{len(rows):02d}" / STAGE_FILE)
+        last_model, last_state = last_ckpt.build(device), last_ckpt.training["last_state"]
+        last_fit = _stage_fit(last_ckpt)
+    last_len = len(last_fit.history)
+    combined = FitResult(
+        history,
+        last_fit.best_state,
+        len(history) - last_len + last_fit.best_epoch,
+        last_fit.best_val_acc,
+        last_fit.stop_reason,
+        sum(float(r["seconds"]) for r in rows),
+    )
+    last_model.load_state_dict(last_state)
+    return last_model, combined
+
+
+def earlier_rows_combined(histories: list[pd.DataFrame]) -> list[dict]:
+    """Stage histories as one history, epochs numbered across stages."""
+    history, offset = [], 0
+    for table in histories:
+        history += [{**row, "epoch": int(row["epoch"]) + offset} for row in table.to_dict("records")]
+        offset += len(table)
+    return history
+
+
+def _finished_stages(out: Path) -> tuple[list[dict], list[pd.DataFrame]]:
+    """The stages.csv rows and stage histories of the stages a stopped run had finished."""
+    rows, histories = [], []
+    stage = 1
+    while (out / "stages" / f"{stage:02d}" / STAGE_FILE).is_file():
+        ckpt = load_checkpoint(out / "stages" / f"{stage:02d}" / STAGE_FILE)
+        rows.append(ckpt.meta["row"])
+        histories.append(
+            pd.DataFrame(ckpt.training["history"], columns=list(HISTORY_COLUMNS)).assign(stage=stage)
+        )
+        stage += 1
+    return rows, histories
+
+
+def _stage_fit(ckpt: Checkpoint) -> FitResult:
+    t = ckpt.training
+    return FitResult(
+        t["history"], t["best_state"], t["best_epoch"], t["best_val_acc"], t["stop_reason"], t["seconds"]
+    )
+
+
+def _layerwise_resume(
+    out: Path, resume: Checkpoint | None, device: torch.device, finished: int
+) -> LayerwiseResume | None:
+    """Where to continue: after the `finished` stages, inside the stage ``last.pt`` holds if it is
+    the next one."""
+    if resume is None:
+        return None
+    previous = None
+    if finished:
+        previous = load_checkpoint(out / "stages" / f"{finished:02d}" / STAGE_FILE).build(device)
+    stage = finished + 1
+    if int(resume.meta.get("stage", 0)) == stage:
+        return LayerwiseResume(stage, previous, resume.state_dict, TrainingState.from_dict(resume.training))
+    return LayerwiseResume(stage, previous)
