@@ -150,12 +150,10 @@ def _pct(value: float | None) -> str:
 
 def _refuse_changes(ctx: typer.Context, allowed: set[str], flag: str) -> None:
     """With --resume the run's own configuration is used: refuse any other flag given explicitly."""
-    from click.core import ParameterSource
-
     given = [
         "--" + name.replace("_", "-")
         for name in ctx.params
-        if name not in allowed and ctx.get_parameter_source(name) is not ParameterSource.DEFAULT
+        if name not in allowed and ctx.get_parameter_source(name).name != "DEFAULT"
     ]
     if given:
         raise CompresskitError(

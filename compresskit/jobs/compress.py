@@ -54,7 +54,16 @@ from compresskit.rundir import (
     write_config,
     write_json,
 )
-from compresskit.train import FitResult, TrainConfig, TrainingState, evaluate, fit, resolve_device
+from compresskit.train import (
+    FitResult,
+    TrainConfig,
+    TrainingState,
+    capture_rng,
+    evaluate,
+    fit,
+    resolve_device,
+    restore_rng,
+)
 
 LABELS = {"prune": "pruned", "lowrank": "factorized", "depth": "truncated"}
 
@@ -302,6 +311,7 @@ def _prune_steps(
             _same_widths(done.spec, rebuild(work, spec)[1], saved)
             work.load_state_dict(done.state_dict)
             history = done.meta["history"]
+            restore_rng(done.training["rng"], job.train)  # the next step's batches go on from here
             continue
         state = None
         if resume is not None and int(resume.meta.get("step", 1)) == step:
@@ -322,7 +332,8 @@ def _prune_steps(
         )
         history = rows
         if step < cfg.steps:
-            save_checkpoint(saved, rebuild(work, spec)[1], work, {"history": history})
+            save_checkpoint(saved, rebuild(work, spec)[1], work, {"history": history},
+                            training={"rng": capture_rng(job.train)})  # fmt: skip
     assert compressed is not None
     final, _ = rebuild(work, spec)
     return _finish(

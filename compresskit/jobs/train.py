@@ -67,9 +67,11 @@ from compresskit.train import (
     FitResult,
     TrainConfig,
     TrainingState,
+    capture_rng,
     evaluate,
     fit,
     resolve_device,
+    restore_rng,
 )
 
 
@@ -392,12 +394,19 @@ def _fit_layerwise(
                 "stop_reason": done.fit.stop_reason,
                 "seconds": done.fit.seconds,
                 "history": done.fit.history,
+                # where the shared training loader's shuffling stands, for a stop between stages
+                "rng": capture_rng(train_loader),
             },
         )
         pd.DataFrame(rows).to_csv(out / "stages.csv", index=False)
         progress.log(f"stage {done.stage}: best val {row['best_val_acc']}, test {row['test_acc']:.4f}")
 
     start = _layerwise_resume(out, resume, device, len(rows))
+    switch = cfg.aug_switch
+    if start is not None and start.fit is None and rows and (switch is None or start.stage < switch[0]):
+        # a fresh stage after a stop between stages: the shared loader goes on where it was
+        finished = load_checkpoint(out / "stages" / f"{len(rows):02d}" / STAGE_FILE)
+        restore_rng(finished.training["rng"], train_loader)
     results = train_layerwise(
         spec,
         cfg,
