@@ -552,7 +552,8 @@ def test_depth_then_prune_then_lowrank_compose_and_carry_their_lineage(trained_r
     assert compare.exit_code == 0, compare.output
     table = pd.read_csv(tmp_path / "cmp" / "report.csv")
     assert table["lineage"].tolist() == [
-        f"train cnn_bn ({run.name})", *(" → ".join(lineage[:i]) for i in (2, 3, 4))
+        f"train cnn_bn ({run.name})",
+        *(" → ".join(lineage[:i]) for i in (2, 3, 4)),
     ]
     assert table["macs"].is_monotonic_decreasing
 
@@ -595,3 +596,122 @@ def test_evaluate_a_100_class_model_gives_top5_and_most_confused_pairs(tmp_path)
     assert list(confused.columns) == ["true", "predicted", "count", "share"]
     assert (confused["true"] != confused["predicted"]).all()
     assert (run / "evaluation" / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------- nothing a user owns is removed
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]], ids=["plain", "overwrite"])
+def test_report_refuses_an_out_that_holds_its_inputs(pruned_run, overwrite):
+    """Was: `report runs/a --out runs` exited 0 and removed runs/ with the trained run in it."""
+    run, out, _ = pruned_run
+    parent = run.parent
+    before = _snapshot(parent)
+    result = invoke("report", run, out, "--out", parent, "--bench-seconds", "0.02", "--quiet", *overwrite)
+    _check_one_line_error(result, f"--out {parent}")
+    assert _snapshot(parent) == before
+
+
+def test_report_replaces_only_its_own_earlier_report(pruned_run, tmp_path):
+    run, out, _ = pruned_run
+    args = ["report", run, out, "--bench-seconds", "0.02", "--quiet", "--out", tmp_path / "cmp"]
+    assert invoke(*args).exit_code == 0
+    (tmp_path / "cmp" / "notes.txt").write_text("mine")
+    _check_one_line_error(invoke(*args), "--overwrite")
+    assert (tmp_path / "cmp" / "notes.txt").read_text() == "mine"
+    assert invoke(*args, "--overwrite").exit_code == 0
+    assert sorted(os.listdir(tmp_path / "cmp")) == ["pareto.png", "report.csv", "report.md", "run.json"]
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("years of work")
+    result = invoke(*args[:-1], foreign, "--overwrite")
+    _check_one_line_error(result, "made by something other than compresskit")
+    assert os.listdir(foreign) == ["thesis.tex"]
+
+
+COMPRESS_ARGS = {
+    "prune": ["--ratio", "0.5"],
+    "lowrank": ["--rank-ratio", "0.3"],
+    "depth": ["--keep-blocks", "2", "--samples", "40"],
+}
+
+
+@pytest.mark.parametrize("command", list(COMPRESS_ARGS))
+def test_compression_out_must_be_new_or_its_own_earlier_output(trained_run, pruned_run, tmp_path, command):
+    run = trained_run[0]
+    args = [command, "--checkpoint", run, *COMPRESS_ARGS[command], "--finetune-epochs", "0",
+            "--bench-seconds", "0.02", "--quiet"]  # fmt: skip
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "data.csv").write_text("1,2,3")
+    for extra in ([], ["--overwrite"]):
+        _check_one_line_error(invoke(*args, "--out", foreign, *extra), f"--out {foreign}")
+        assert os.listdir(foreign) == ["data.csv"]
+        # the source run itself, a train output
+        before = _snapshot(run)
+        _check_one_line_error(invoke(*args, "--out", run, *extra), f"--out {run}")
+        assert _snapshot(run) == before
+    other = pruned_run[1] if command != "prune" else None
+    if other is not None:  # another command's output, even with --overwrite
+        before = _snapshot(other)
+        _check_one_line_error(invoke(*args, "--out", other, "--overwrite"), "made by compresskit prune")
+        assert _snapshot(other) == before
+    mine = tmp_path / "mine"
+    assert invoke(*args, "--out", mine).exit_code == 0
+    _check_one_line_error(invoke(*args, "--out", mine), "--overwrite")
+    again = invoke(*args, "--out", mine, "--overwrite")
+    assert again.exit_code == 0, again.output
+    # its own earlier output, but also this call's input: refused
+    before = _snapshot(mine)
+    chained = [command, "--checkpoint", mine, *COMPRESS_ARGS[command], "--finetune-epochs", "0", "--quiet"]
+    _check_one_line_error(invoke(*chained, "--out", mine, "--overwrite"), "this command's inputs")
+    assert _snapshot(mine) == before
+
+
+@pytest.mark.parametrize(("command", "folder"), [("evaluate", "evaluation"), ("analyze", "analysis"),
+                                                 ("sensitivity", "sensitivity")])  # fmt: skip
+def test_run_subfolders_are_replaced_only_when_the_command_wrote_them(trained_run, tmp_path, command, folder):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(
+        trained_run[0], run, ignore=shutil.ignore_patterns("evaluation", "analysis", "sensitivity")
+    )
+    extra = {"analyze": ["--samples", "40", "--metrics", "csi"], "sensitivity": ["--ratios", "0.5"]}
+    args = [command, "--checkpoint", run, *extra.get(command, [])]
+    (run / folder).mkdir()
+    (run / folder / "my-notes.md").write_text("mine")
+    _check_one_line_error(
+        invoke(*args), f"{run / folder} exists and was not written by compresskit {command}"
+    )
+    assert os.listdir(run / folder) == ["my-notes.md"]
+    (run / folder / "my-notes.md").unlink()
+    assert invoke(*args).exit_code == 0  # an empty folder is filled
+    marker = json.loads((run / folder / "run.json").read_text())
+    assert (marker["command"], marker["state"]) == (command, "finished")
+    assert invoke(*args).exit_code == 0  # its own output is replaced
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]
+
+
+def test_fine_tuning_validates_on_the_training_runs_split_whatever_its_seed(trained_run, pruned_run):
+    """Was: fine-tuning split train/validation with the compress command's --seed, so with another
+    seed it validated on images the model had been trained on."""
+    import torch
+
+    from compresskit.data import load_dataset, stratified_split
+    from compresskit.jobs.compress import JobOptions, open_job
+    from compresskit.train import TrainConfig
+
+    run = trained_run[0]  # trained with --seed 0
+    data = load_dataset("synthetic")
+    fitted, held = stratified_split(data.train.labels, 0.1, 0)
+    assert set(held.tolist()) != set(stratified_split(data.train.labels, 0.1, 5)[1].tolist())
+    job = open_job(run, TrainConfig(epochs=1, seed=5, device="cpu"), JobOptions())
+    assert torch.equal(job.val.images.cpu(), data.train.images[held])
+    assert torch.equal(job.train.images.cpu(), data.train.images[fitted])
+    source, pruned = (json.loads((r / "config.json").read_text()) for r in (run, pruned_run[1]))
+    assert pruned["data"]["split"] == source["data"]["split"]
