@@ -19,4 +19,4 @@ for run in results/lowrank-* results/depth-* results/prune-csi-l1-r0.5-lowrank-*
 done
 $CK report "$ref" results/prune-l1-r0.5 results/prune-csi-l1-r0.5 results/lowrank-e0.9 results/depth-g0.02 \
   results/depth-g0.05 results/depth-g0.02-prune-csi-l1-r0.5 results/prune-csi-l1-r0.5-lowrank-e0.9 \
-  --out results/compression-report --threads 1 --bench-seconds 3
+  --out results/compression-report --threads 1 --bench-seconds 3 --overwrite

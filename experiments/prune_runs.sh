@@ -17,6 +17,6 @@ $CK prune "${common[@]}" --importance separation --allocate csi --out results/pr
 for run in results/prune-*-r0.5; do rm -f "$run/last.pt" "$run/pruned.pt"; done  # keep the fine-tuned checkpoint
 runs=("$ref" results/prune-l1-r0.5 results/prune-separation-r0.5 results/prune-csi-l1-r0.5
       results/prune-csi-separation-r0.5)
-$CK report "${runs[@]}" --out results/prune-report --threads 1 --bench-seconds 3
-$CK report "${runs[@]}" --out results/prune-report-2threads --threads 2 --bench-seconds 3
+$CK report "${runs[@]}" --out results/prune-report --threads 1 --bench-seconds 3 --overwrite
+$CK report "${runs[@]}" --out results/prune-report-2threads --threads 2 --bench-seconds 3 --overwrite
 $CK sensitivity --checkpoint "$ref" --ratios 0.25,0.5,0.75 --data-dir data --no-download

@@ -715,3 +715,61 @@ def test_fine_tuning_validates_on_the_training_runs_split_whatever_its_seed(trai
     assert torch.equal(job.train.images.cpu(), data.train.images[fitted])
     source, pruned = (json.loads((r / "config.json").read_text()) for r in (run, pruned_run[1]))
     assert pruned["data"]["split"] == source["data"]["split"]
+
+
+# ----------------------------------------------------------------------------- help, version, choices
+
+
+def test_fixed_choices_are_the_librarys_own():
+    from compresskit import cli, data, models, train
+    from compresskit.compress import prune
+
+    assert [m.value for m in cli.ModelName] == list(models.MODEL_NAMES)
+    assert [m.value for m in cli.DatasetName] == list(data.DATASET_NAMES)
+    assert [m.value for m in cli.HeadName] == list(models.HEADS)
+    assert [m.value for m in cli.OptimizerName] == list(train.OPTIMIZERS)
+    assert [m.value for m in cli.ScheduleName] == list(train.SCHEDULES)
+    assert [m.value for m in cli.TtaName] == list(train.TTA_MODES)
+    assert [m.value for m in cli.ImportanceName] == list(prune.IMPORTANCES)
+    no_data = [i for i in prune.IMPORTANCES if i not in prune.NEEDS_DATA]
+    assert [m.value for m in cli.SensitivityImportance] == no_data
+
+
+COMMANDS = ["train", "evaluate", "analyze", "prune", "lowrank", "depth", "report", "sensitivity"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_fits_80_columns_and_lists_every_allowed_value(command):
+    from compresskit import cli
+
+    result = CliRunner().invoke(app, [command, "--help"], terminal_width=80, env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
+    assert "…" not in result.stdout
+    flat = " ".join(result.stdout.split())
+    choices = {"train": [cli.ModelName, cli.DatasetName, cli.HeadName, cli.OptimizerName, cli.ScheduleName],
+               "prune": [cli.ImportanceName, cli.ScopeName, cli.AllocateName], "evaluate": [cli.TtaName],
+               "sensitivity": [cli.SensitivityImportance]}  # fmt: skip
+    for enum in choices.get(command, []):
+        for member in enum:
+            assert member.value in flat, (enum.__name__, member.value)
+
+
+def test_version_and_python_dash_m(tmp_path):
+    from compresskit import __version__
+
+    result = invoke("--version")
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"compresskit {__version__}"
+    proc = subprocess.run([sys.executable, "-m", "compresskit", "--version"], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"compresskit {__version__}"
+
+
+def test_report_shows_progress_while_it_measures(pruned_run, tmp_path):
+    run, out, _ = pruned_run
+    result = invoke("report", run, out, "--out", tmp_path / "cmp", "--bench-seconds", "0.02")
+    assert result.exit_code == 0, result.output
+    assert f"measuring {run.name}" in result.stderr
+    assert f"measuring {out.name}" in result.stderr
