@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -81,13 +82,15 @@ class RunMarker:
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
     message: str = ""
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)  # the process that last set the state
 
 
 def read_marker(folder: Path) -> RunMarker | None:
     """The marker of `folder`, or None when it has none (or one compresskit cannot read)."""
     try:
         data = json.loads((Path(folder) / RUN_FILE).read_text())
-        optional = ("compresskit", "created", "updated", "message")
+        optional = ("compresskit", "created", "updated", "message", "host", "pid")
         return RunMarker(data["command"], data["state"], **{k: data[k] for k in optional if k in data})
     except (OSError, ValueError, TypeError, KeyError):
         return None
@@ -101,8 +104,36 @@ def set_state(folder: Path, state: str, message: str = "") -> RunMarker:
     if marker is None:
         raise CompresskitError(f"{folder} has no {RUN_FILE}; it is not a compresskit run directory.")
     marker.state, marker.updated, marker.message = state, time.time(), message
+    marker.host, marker.pid = socket.gethostname(), os.getpid()
     write_json(Path(folder) / RUN_FILE, asdict(marker))
     return marker
+
+
+def check_resumable(folder: Path, command: str) -> RunMarker:
+    """The marker of `folder` if `command` may continue it: a `command` run that has not finished
+    and whose process (when it says ``running`` on this host) is gone; else a clear error."""
+    folder = Path(folder)
+    marker = read_marker(folder)
+    if marker is None or marker.command != command:
+        made = f"no {RUN_FILE}" if marker is None else f"a {marker.command} run"
+        raise CompresskitError(f"--resume {folder} is not a compresskit {command} run directory ({made}).")
+    if marker.state == "finished":
+        raise CompresskitError(f"--resume {folder} has already finished; there is nothing to continue.")
+    if marker.state == "running" and marker.host == socket.gethostname() and _alive(marker.pid):
+        raise CompresskitError(f"--resume {folder} is still running (process {marker.pid}); stop it first.")
+    return marker
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this very process: an earlier call in it that did not finish
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _inside(path: Path, folder: Path) -> bool:

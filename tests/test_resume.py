@@ -199,3 +199,24 @@ def test_resume_refuses_what_it_cannot_continue(alone, tmp_path):
     result = invoke("lowrank", "--resume", alone)
     assert result.exit_code == 2
     assert "not a compresskit lowrank run directory (a train run)" in result.stderr
+
+
+def test_resume_refuses_a_run_whose_process_is_still_alive(alone, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(alone, run)
+    marker = json.loads((run / "run.json").read_text())
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / "run.json").write_text(json.dumps({**marker, "state": "running", "pid": sleeper.pid}))
+        result = invoke("train", "--resume", run, "--quiet")
+        assert result.exit_code == 2
+        assert f"still running (process {sleeper.pid})" in result.stderr
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    result = invoke("train", "--resume", run, "--quiet")  # its process is gone: a crashed run
+    assert result.exit_code == 0, result.output
+    assert state(run) == "finished"
+    same_history(run, alone)

@@ -47,9 +47,9 @@ from compresskit.rundir import (
     ModelRecord,
     RunConfig,
     check_output,
+    check_resumable,
     create_output,
     read_config,
-    read_marker,
     set_state,
     write_config,
     write_json,
@@ -689,12 +689,7 @@ def resume_compress_run(
     fine-tuning epoch, with the run's own configuration."""
     progress = progress or Progress(enabled=False)
     run = Path(run)
-    marker = read_marker(run)
-    if marker is None or marker.command != command:
-        made = "no run.json" if marker is None else f"a {marker.command} run"
-        raise CompresskitError(f"--resume {run} is not a compresskit {command} run directory ({made}).")
-    if marker.state == "finished":
-        raise CompresskitError(f"--resume {run} has already finished; there is nothing to continue.")
+    check_resumable(run, command)
     config = read_config(run)
     options = JobOptions(data_dir=data_dir, download=download, bench_seconds=bench_seconds, threads=threads)
     job = open_job(config.source, TrainConfig(**config.train), options)

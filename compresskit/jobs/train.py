@@ -55,9 +55,9 @@ from compresskit.rundir import (
     RunConfig,
     SplitRecord,
     check_output,
+    check_resumable,
     create_output,
     read_config,
-    read_marker,
     set_state,
     write_config,
     write_json,
@@ -179,13 +179,7 @@ def resume_train_run(
     run's own configuration; the result is what the run would have given had it not stopped."""
     progress = progress or Progress(enabled=False)
     run = Path(run)
-    marker = read_marker(run)
-    if marker is None or marker.command != "train":
-        raise CompresskitError(
-            f"--resume {run} is not a compresskit train run directory (no train run.json)."
-        )
-    if marker.state == "finished":
-        raise CompresskitError(f"--resume {run} has already finished; there is nothing to continue.")
+    check_resumable(run, "train")
     config = read_config(run)
     if not (run / LAST_NAME).is_file():
         raise CompresskitError(
