@@ -46,6 +46,7 @@ SensitivityImportance = _choices("SensitivityImportance", ("l1", "l2", "bn-scale
 ScopeName = _choices("ScopeName", ("uniform", "global"))
 AllocateName = _choices("AllocateName", ("uniform", "csi"))
 TtaName = _choices("TtaName", ("none", "flip", "flip-translate"))
+PrecisionName = _choices("PrecisionName", ("auto", "fp32", "bf16"))
 
 
 def _version(value: bool) -> None:
@@ -103,6 +104,12 @@ def _main(
 
 # Options shared by several commands.
 Device = Annotated[DeviceName, typer.Option(help="Where to compute.")]
+PrecisionOption = Annotated[
+    PrecisionName,
+    typer.Option(
+        help="auto: bf16 autocast on CUDA or a CPU with native bf16, else fp32 (always channels_last)."
+    ),
+]
 RunDataDir = Annotated[Path | None, typer.Option(help="Dataset folder (default: the one used in training).")]
 Download = Annotated[bool, typer.Option(help="Download CIFAR (checksum-verified) when not on disk.")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress output.")]
@@ -205,6 +212,7 @@ def train(
     ),
     seed: int = typer.Option(0, help="Seed of the split, the batches, the initial weights."),
     device: Device = DeviceName.auto,
+    precision: PrecisionOption = PrecisionName.auto,
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (opt-in)."),
     layerwise: bool = typer.Option(False, "--layerwise", help="Greedy layer-wise: one conv block per stage."),
     freeze: bool = typer.Option(True, help="--layerwise: freeze earlier blocks (variant B) or not (C)."),
@@ -234,7 +242,7 @@ def train(
                 epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer.value, momentum=momentum,
                 weight_decay=weight_decay, schedule=schedule.value, step_size=step_size, gamma=gamma,
                 label_smoothing=label_smoothing, target_accuracy=target_accuracy, patience=patience,
-                seed=seed, device=device.value, compile=compile,
+                seed=seed, device=device.value, compile=compile, precision=precision.value,
             )  # fmt: skip
             summary = train_run(
                 out,
@@ -471,6 +479,7 @@ def prune(
     label_smoothing: float = typer.Option(0.0, help="Label smoothing of the fine-tuning loss."),
     seed: int = typer.Option(0, help="Seed of the batches, the calibration subset, random importance."),
     device: Device = DeviceName.auto,
+    precision: PrecisionOption = PrecisionName.auto,
     data_dir: RunDataDir = None,
     download: Download = True,
     bench_seconds: BenchSeconds = 1.0,
@@ -499,7 +508,7 @@ def prune(
             finetune = TrainConfig(
                 epochs=finetune_epochs, batch_size=batch_size, lr=lr, optimizer=optimizer.value,
                 momentum=momentum, weight_decay=weight_decay, schedule=schedule.value,
-                label_smoothing=label_smoothing, seed=seed, device=device.value,
+                label_smoothing=label_smoothing, seed=seed, device=device.value, precision=precision.value,
             )  # fmt: skip
             result = prune_run(
                 checkpoint, out, cfg, finetune, calibration_samples=calibration_samples,
@@ -526,10 +535,12 @@ def _job_options(data_dir: Path | None, download: bool, bench_seconds: float, th
     )  # fmt: skip
 
 
-def _finetune_config(epochs: int, lr: float, seed: int, device: DeviceName):
+def _finetune_config(epochs: int, lr: float, seed: int, device: DeviceName, precision: PrecisionName):
     from compresskit.train import TrainConfig
 
-    return TrainConfig(epochs=epochs, lr=lr, schedule="cosine", seed=seed, device=device.value)
+    return TrainConfig(
+        epochs=epochs, lr=lr, schedule="cosine", seed=seed, device=device.value, precision=precision.value
+    )
 
 
 @app.command()
@@ -545,6 +556,7 @@ def lowrank(
     lr: FinetuneLr = 0.01,
     seed: Seed = 0,
     device: Device = DeviceName.auto,
+    precision: PrecisionOption = PrecisionName.auto,
     data_dir: RunDataDir = None,
     download: Download = True,
     bench_seconds: BenchSeconds = 1.0,
@@ -569,7 +581,7 @@ def lowrank(
                 energy = 0.9
             result = lowrank_run(
                 checkpoint, out, LowRankConfig(rank_ratio=rank_ratio, energy=energy, layers=layers),
-                _finetune_config(finetune_epochs, lr, seed, device),
+                _finetune_config(finetune_epochs, lr, seed, device, precision),
                 options=_job_options(data_dir, download, bench_seconds, threads, overwrite),
                 progress=Progress(enabled=not quiet),
             )  # fmt: skip
@@ -591,6 +603,7 @@ def depth(
     lr: FinetuneLr = 0.01,
     seed: Seed = 0,
     device: Device = DeviceName.auto,
+    precision: PrecisionOption = PrecisionName.auto,
     data_dir: RunDataDir = None,
     download: Download = True,
     bench_seconds: BenchSeconds = 1.0,
@@ -611,8 +624,8 @@ def depth(
         else:
             checkpoint, out = _source_and_out(checkpoint, out, "depth")
             result = depth_run(
-                checkpoint, out, _finetune_config(finetune_epochs, lr, seed, device), min_gain=min_gain,
-                keep_blocks=keep_blocks, samples=samples,
+                checkpoint, out, _finetune_config(finetune_epochs, lr, seed, device, precision),
+                min_gain=min_gain, keep_blocks=keep_blocks, samples=samples,
                 options=_job_options(data_dir, download, bench_seconds, threads, overwrite),
                 progress=Progress(enabled=not quiet),
             )  # fmt: skip

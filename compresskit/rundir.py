@@ -316,6 +316,7 @@ class RunConfig:
     source: str | None = None
     lineage: list[str] = field(default_factory=list)
     device: str = "cpu"
+    precision: str = "fp32"  # what --precision resolved to on `device` (`train.Precision.describe`)
     threads: int = 1
     versions: dict = field(default_factory=dict)
 

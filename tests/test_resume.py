@@ -63,6 +63,13 @@ def run_and_signal(args: list, kill_at: int, signum: int, cwd: Path) -> subproce
     )  # fmt: skip
 
 
+def run_cli(args: list, cwd: Path) -> subprocess.CompletedProcess:
+    """`compresskit ARGS` in a fresh process, like every stopped run here. A long-lived process
+    (this test session) may compute a few kernels differently in the last bits (oneDNN's
+    channels_last convolutions, LAPACK's SVD), which is not what these tests are about."""
+    return run_and_signal(args, 10**9, signal.SIGKILL, cwd)
+
+
 def same_history(a: Path, b: Path) -> None:
     left = pd.read_csv(a / "history.csv").drop(columns="seconds")
     right = pd.read_csv(b / "history.csv").drop(columns="seconds")
@@ -84,8 +91,8 @@ def state(run: Path) -> str:
 def alone(tmp_path_factory) -> Path:
     """The reference: 4 epochs, never stopped."""
     run = tmp_path_factory.mktemp("alone") / "run"
-    result = invoke(*TRAIN, "--epochs", "4", "--out", run)
-    assert result.exit_code == 0, result.output
+    result = run_cli([*TRAIN, "--epochs", "4", "--out", run], run.parent)
+    assert result.returncode == 0, result.stderr
     return run
 
 
@@ -98,8 +105,8 @@ def test_sigkill_mid_epoch_then_resume_matches_the_run_left_alone(alone, tmp_pat
     assert pd.read_csv(run / "history.csv")["epoch"].tolist() == [1, 2]
     assert load_checkpoint(run / "last.pt").training["epoch"] == 2
     assert not (run / "checkpoint.pt").exists()
-    resumed = invoke("train", "--resume", run, "--quiet")
-    assert resumed.exit_code == 0, resumed.output
+    resumed = run_cli(["train", "--resume", run, "--quiet"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
     assert state(run) == "finished"
     same_history(run, alone)
     same_weights(run, alone)
@@ -120,8 +127,8 @@ def test_sigint_and_sigterm_stop_after_saving_and_mark_the_run_interrupted(alone
     assert "Traceback" not in stopped.stderr
     assert state(run) == "interrupted"
     assert load_checkpoint(run / "last.pt").training["epoch"] == 1
-    resumed = invoke("train", "--resume", run, "--quiet")
-    assert resumed.exit_code == 0, resumed.output
+    resumed = run_cli(["train", "--resume", run, "--quiet"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
     same_history(run, alone)
     same_weights(run, alone)
 
@@ -129,14 +136,14 @@ def test_sigint_and_sigterm_stop_after_saving_and_mark_the_run_interrupted(alone
 def test_layerwise_run_resumes_inside_a_stage(tmp_path):
     args = [*TRAIN, "--layerwise", "--stage-epochs", "2"]
     alone = tmp_path / "alone"
-    assert invoke(*args, "--out", alone).exit_code == 0
+    assert run_cli([*args, "--out", alone], tmp_path).returncode == 0
     run = tmp_path / "run"
     killed = run_and_signal([*args, "--out", run], 2 * BATCHES_PER_EPOCH + 4, signal.SIGKILL, tmp_path)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert (run / "stages" / "01" / "stage.pt").is_file()
     assert not (run / "stages" / "02").exists()
-    resumed = invoke("train", "--resume", run, "--quiet")
-    assert resumed.exit_code == 0, resumed.output
+    resumed = run_cli(["train", "--resume", run, "--quiet"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
     same_history(run, alone)
     same_weights(run, alone)
     for stage in ("01", "02", "03"):
@@ -156,10 +163,8 @@ def test_layerwise_run_resumes_inside_a_stage(tmp_path):
 )
 def test_compression_fine_tuning_resumes_exactly(alone, tmp_path, command, args):
     common = [command, "--checkpoint", alone, *args, "--seed", "3", "--bench-seconds", "0.02", "--quiet"]
-    # Every part runs in a fresh process of its own: LAPACK's SVD (lowrank) and some oneDNN
-    # kernels can differ in the last bits between a fresh process and this long-lived one.
     reference = tmp_path / "reference"
-    alone_run = run_and_signal([*common, "--out", reference], 10**9, signal.SIGKILL, tmp_path)
+    alone_run = run_cli([*common, "--out", reference], tmp_path)
     assert alone_run.returncode == 0, alone_run.stderr
     run = tmp_path / "run"
     mid_epoch_3 = 2 * FINE_TUNING_BATCHES_PER_EPOCH + 1
@@ -167,8 +172,7 @@ def test_compression_fine_tuning_resumes_exactly(alone, tmp_path, command, args)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert state(run) == "running"
     assert pd.read_csv(run / "history.csv")["epoch"].tolist() == [1, 2]
-    resumed = run_and_signal([command, "--resume", run, "--quiet", "--bench-seconds", "0.02"], 10**9,
-                             signal.SIGKILL, tmp_path)  # fmt: skip
+    resumed = run_cli([command, "--resume", run, "--quiet", "--bench-seconds", "0.02"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert state(run) == "finished"
     same_history(run, reference)
@@ -216,7 +220,7 @@ def test_resume_refuses_a_run_whose_process_is_still_alive(alone, tmp_path):
     finally:
         sleeper.kill()
         sleeper.wait()
-    result = invoke("train", "--resume", run, "--quiet")  # its process is gone: a crashed run
-    assert result.exit_code == 0, result.output
+    result = run_cli(["train", "--resume", run, "--quiet"], tmp_path)  # its process is gone: a crash
+    assert result.returncode == 0, result.stderr
     assert state(run) == "finished"
     same_history(run, alone)

@@ -331,3 +331,59 @@ def test_resume_from_a_saved_epoch_matches_the_run_that_never_stopped(tmp_path):
     for key, value in whole.best_state.items():
         assert torch.equal(value, resumed.best_state[key]), key
 
+
+
+# ----------------------------------------------------------------------------- precision
+
+
+def test_precision_auto_follows_native_bf16_and_bf16_is_refused_where_it_would_be_emulated(monkeypatch):
+    import compresskit.train as train_module
+    from compresskit.errors import CompresskitError
+    from compresskit.train import Precision, resolve_precision
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(train_module, "cpu_supports_bf16", lambda: True)
+    assert resolve_precision("auto", cpu) == Precision("bf16", True)
+    assert resolve_precision("bf16", cpu) == Precision("bf16", True)
+    assert resolve_precision("fp32", cpu) == Precision("fp32", True)
+    monkeypatch.setattr(train_module, "cpu_supports_bf16", lambda: False)
+    assert resolve_precision("auto", cpu) == Precision("fp32", True)
+    with pytest.raises(CompresskitError, match="--precision bf16: this CPU has no native bf16"):
+        resolve_precision("bf16", cpu)
+    assert resolve_precision("auto", cuda) == Precision("bf16", True)
+    assert resolve_precision("fp32", cuda) == Precision("fp32", True)
+    with pytest.raises(CompresskitError, match="--precision 'fp16' is not known"):
+        resolve_precision("fp16", cpu)
+    with pytest.raises(CompresskitError, match="--precision 'fp16'"):
+        TrainConfig(precision="fp16").validate()
+
+
+def test_fit_computes_in_the_resolved_precision(monkeypatch):
+    """bf16 autocast is on exactly when the resolved precision says bf16 (emulated here if the
+    CPU lacks it: correctness, not speed), and the model is channels_last."""
+    import compresskit.train as train_module
+
+    seen = []
+
+    class Spy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            seen.append((torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None,
+                         x.is_contiguous(memory_format=torch.channels_last)))  # fmt: skip
+            return self.fc(self.conv(x).mean((2, 3)))
+
+    x = torch.randn(16, 3, 8, 8)
+    assert not x.is_contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 2, (16,))
+    batches = [(x, y)]
+    for name, expected in (("fp32", None), ("bf16", torch.bfloat16)):
+        monkeypatch.setattr(train_module, "cpu_supports_bf16", lambda: True)
+        seen.clear()
+        model = Spy()
+        fit(model, batches, batches, TrainConfig(epochs=1, precision=name, schedule="none"))
+        assert seen and all(dtype == expected and cl for dtype, cl in seen), (name, seen)
+        assert model.conv.weight.is_contiguous(memory_format=torch.channels_last)

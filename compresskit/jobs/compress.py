@@ -56,12 +56,14 @@ from compresskit.rundir import (
 )
 from compresskit.train import (
     FitResult,
+    Precision,
     TrainConfig,
     TrainingState,
     capture_rng,
     evaluate,
     fit,
     resolve_device,
+    resolve_precision,
     restore_rng,
 )
 
@@ -127,8 +129,12 @@ class CompressionJob:
         )
         return as_batches(loader)
 
+    @property
+    def precision(self) -> Precision:
+        return resolve_precision(self.finetune.precision, self.device)
+
     def accuracy(self, model: ConvNet) -> float:
-        return evaluate(model, self.test, self.device)[1]
+        return evaluate(model, self.test, self.device, precision=self.precision)[1]
 
 
 def open_job(checkpoint: str | Path, finetune: TrainConfig, options: JobOptions) -> CompressionJob:
@@ -154,7 +160,7 @@ def open_job(checkpoint: str | Path, finetune: TrainConfig, options: JobOptions)
         where=where,
     )
     model = source.build(device)
-    original_acc = evaluate(model, test, device)[1]
+    original_acc = evaluate(model, test, device, precision=resolve_precision(finetune.precision, device))[1]
     return CompressionJob(
         source, source_config, model, data, train, val, test, device, finetune, original_acc, options
     )
@@ -190,6 +196,7 @@ def _run_config(
         source=str(job.source.path),
         lineage=[*job.source_config.lineage, step],
         device=str(job.device),
+        precision=job.precision.describe(),
         threads=torch.get_num_threads(),
         versions=job.source_config.versions,
     )

@@ -15,7 +15,7 @@ from compresskit.evaluation import classification_report
 from compresskit.jobs.common import open_checkpoint
 from compresskit.plots import plot_confusion_matrix
 from compresskit.rundir import check_derived_folder, staged_output, write_json
-from compresskit.train import check_tta, predict, resolve_device
+from compresskit.train import check_tta, predict, resolve_device, resolve_precision
 
 FOLDER = "evaluation"
 FILES = ("evaluation.json", "per_class.csv", "most_confused.csv", "confusion.csv", "confusion.png")
@@ -48,8 +48,9 @@ def evaluate_run(
     loader = Loader(
         data.test, batch_size, mean=tuple(config.data.mean), std=tuple(config.data.std), device=torch_device
     )
-    logits, labels = predict(model, loader, torch_device, tta=tta)
-    plain_logits = predict(model, loader, torch_device)[0] if tta != "none" else logits
+    precision = resolve_precision(str(config.train.get("precision", "auto")), torch_device)
+    logits, labels = predict(model, loader, torch_device, tta=tta, precision=precision)
+    plain_logits = predict(model, loader, torch_device, precision=precision)[0] if tta != "none" else logits
     report = classification_report(logits, labels, data.classes)
     summary = {
         "checkpoint": str(ckpt.path),

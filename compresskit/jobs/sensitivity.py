@@ -16,7 +16,7 @@ from compresskit.jobs.common import open_checkpoint
 from compresskit.plots import plot_sensitivity
 from compresskit.progress import Progress
 from compresskit.rundir import check_derived_folder, staged_output
-from compresskit.train import evaluate, resolve_device
+from compresskit.train import evaluate, resolve_device, resolve_precision
 
 FOLDER = "sensitivity"
 
@@ -60,7 +60,8 @@ def sensitivity_run(
         test, batch_size, mean=tuple(config.data.mean), std=tuple(config.data.std), device=torch_device
     )
     model = ckpt.build(torch_device)
-    _, base_acc = evaluate(model, loader, torch_device)
+    precision = resolve_precision(str(config.train.get("precision", "auto")), torch_device)
+    _, base_acc = evaluate(model, loader, torch_device, precision=precision)
     convs = len(ckpt.spec.conv_widths)
     rows = []
     with progress.task("layers × ratios", total=convs * len(ratios)) as advance:
@@ -74,7 +75,7 @@ def sensitivity_run(
                     layer_ratios=layer_ratios,
                     prune_head=False,
                 )
-                _, acc = evaluate(pruned, loader, torch_device)
+                _, acc = evaluate(pruned, loader, torch_device, precision=precision)
                 rows.append(
                     {
                         "layer": f"block{layer + 1}",

@@ -71,6 +71,7 @@ from compresskit.train import (
     evaluate,
     fit,
     resolve_device,
+    resolve_precision,
     restore_rng,
 )
 
@@ -136,6 +137,7 @@ def train_run(
         else default_augmentation(data_options.dataset)
     )
     device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
     if layerwise is not None:
         layerwise.epochs_for(len(plan.conv_widths))
         if layerwise.aug_switch is not None:
@@ -163,6 +165,7 @@ def train_run(
         layerwise=None if layerwise is None else asdict(layerwise),
         lineage=[f"train {spec.name} ({out.name})"],
         device=str(device),
+        precision=precision.describe(),
         threads=torch.get_num_threads(),
         versions=versions(),
     )
@@ -227,7 +230,7 @@ def _train(
     progress.log(
         f"{spec.name} (width {config.model.width:g}, {count_parameters(model):,} parameters) on "
         f"{data.name}: {train_loader.num_samples} train / {config.data.split.val_count} val / "
-        f"{test_loader.num_samples} test images, device {device}"
+        f"{test_loader.num_samples} test images, device {device}, {config.precision}"
     )
     title = f"{spec.name} on {data.name}"
     if config.layerwise is None:
@@ -259,10 +262,11 @@ def _train(
         history = result.history
     write_history(out / "history.csv", history)
     last_epoch = int(history[-1]["epoch"]) if history else 0
-    _, last_test_acc = evaluate(model, test_loader, device)
+    precision = resolve_precision(cfg.precision, device)
+    _, last_test_acc = evaluate(model, test_loader, device, precision=precision)
     last_state = model.state_dict()
     model.load_state_dict(result.best_state)
-    test_loss, test_acc = evaluate(model, test_loader, device)
+    test_loss, test_acc = evaluate(model, test_loader, device, precision=precision)
     save_checkpoint(
         out / CHECKPOINT_NAME,
         spec,
@@ -370,7 +374,11 @@ def _fit_layerwise(
         table = pd.DataFrame(done.fit.history, columns=list(HISTORY_COLUMNS))
         table.to_csv(folder / "history.csv", index=False)
         histories.append(table.assign(stage=done.stage))
-        row = {**stage_row(done), "test_acc": evaluate(done.model, test_loader, device)[1]}
+        precision = resolve_precision(train_cfg.precision, device)
+        row = {
+            **stage_row(done),
+            "test_acc": evaluate(done.model, test_loader, device, precision=precision)[1],
+        }
         if csi_batches is not None:
             for split, batches in csi_batches.items():
                 row[f"csi_{split}"] = block_csi(done.model, batches)[0][-1]
