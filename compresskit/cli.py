@@ -47,6 +47,7 @@ ScopeName = _choices("ScopeName", ("uniform", "global"))
 AllocateName = _choices("AllocateName", ("uniform", "csi"))
 TtaName = _choices("TtaName", ("none", "flip", "flip-translate"))
 PrecisionName = _choices("PrecisionName", ("auto", "fp32", "bf16"))
+PatienceMetric = _choices("PatienceMetric", ("val_acc", "val_loss"))
 
 
 def _version(value: bool) -> None:
@@ -208,8 +209,11 @@ def train(
         None, help="Stop once validation accuracy reaches this fraction, e.g. 0.9."
     ),
     patience: int | None = typer.Option(
-        None, help="Stop after this many epochs without a better validation accuracy."
+        None, help="Stop after this many epochs without a better --patience-metric."
     ),
+    patience_metric: PatienceMetric = typer.Option("val_acc", help="What --patience watches."),
+    min_delta: float = typer.Option(0.0, help="--patience: the change that counts as better."),
+    nesterov: bool = typer.Option(True, help="Nesterov momentum for SGD."),
     seed: int = typer.Option(0, help="Seed of the split, the batches, the initial weights."),
     device: Device = DeviceName.auto,
     precision: PrecisionOption = PrecisionName.auto,
@@ -219,6 +223,9 @@ def train(
     stage_epochs: str = typer.Option("7", help="--layerwise: epochs per stage, one value or one per block."),
     aug_switch: str | None = typer.Option(None, help="--layerwise: STAGE:RECIPE, e.g. 4:jitter."),
     analyze_stages: bool = typer.Option(False, "--analyze-stages", help="--layerwise: CSI after each stage."),
+    tensorboard: bool = typer.Option(
+        False, "--tensorboard", help="Also write TensorBoard event files into RUN/tensorboard/."
+    ),
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
@@ -243,6 +250,7 @@ def train(
                 weight_decay=weight_decay, schedule=schedule.value, step_size=step_size, gamma=gamma,
                 label_smoothing=label_smoothing, target_accuracy=target_accuracy, patience=patience,
                 seed=seed, device=device.value, compile=compile, precision=precision.value,
+                patience_metric=patience_metric.value, min_delta=min_delta, nesterov=nesterov,
             )  # fmt: skip
             summary = train_run(
                 out,
@@ -257,6 +265,7 @@ def train(
                     freeze=freeze, stage_epochs=LayerwiseConfig.parse_stage_epochs(stage_epochs),
                     aug_switch=LayerwiseConfig.parse_aug_switch(aug_switch), analyze_stages=analyze_stages,
                 ) if layerwise else None,
+                tensorboard=tensorboard,
             )  # fmt: skip
     _print_table(
         f"trained {summary['model']} on {summary['dataset']}",

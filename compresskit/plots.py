@@ -25,6 +25,11 @@ def save_figure(fig: plt.Figure, path: str | Path) -> Path:
 
 def plot_training_curves(history: pd.DataFrame, path: str | Path, title: str = "") -> Path:
     """Loss and accuracy per epoch, train vs validation, side by side."""
+    return save_figure(curves_figure(history, title), path)
+
+
+def curves_figure(history: pd.DataFrame, title: str = "") -> plt.Figure:
+    """The figure of `plot_training_curves`, not yet written or closed (the caller closes it)."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in ((ax_loss, "loss"), (ax_acc, "acc")):
         ax.plot(history["epoch"], history[f"train_{metric}"], marker=".", label="train")
@@ -36,7 +41,7 @@ def plot_training_curves(history: pd.DataFrame, path: str | Path, title: str = "
         ax.legend()
     if title:
         fig.suptitle(title)
-    return save_figure(fig, path)
+    return fig
 
 
 ANNOTATE_MAX_CLASSES = 20

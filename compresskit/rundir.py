@@ -317,6 +317,7 @@ class RunConfig:
     lineage: list[str] = field(default_factory=list)
     device: str = "cpu"
     precision: str = "fp32"  # what --precision resolved to on `device` (`train.Precision.describe`)
+    tensorboard: bool = False  # TensorBoard event files in RUN/tensorboard/
     threads: int = 1
     versions: dict = field(default_factory=dict)
 

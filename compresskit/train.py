@@ -20,6 +20,7 @@ from compresskit.progress import Progress
 
 OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16")
+PATIENCE_METRICS = ("val_acc", "val_loss")
 SCHEDULES = ("step", "cosine", "onecycle", "none")
 HISTORY_COLUMNS = (
     "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds",
@@ -43,6 +44,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     target_accuracy: float | None = None
     patience: int | None = None
+    patience_metric: str = "val_acc"  # what --patience watches: val_acc (higher is better) or val_loss
+    min_delta: float = 0.0  # the change in patience_metric that counts as an improvement
     seed: int = 0
     device: str = "auto"
     compile: bool = False
@@ -83,6 +86,13 @@ class TrainConfig:
             )
         if self.patience is not None and self.patience <= 0:
             raise CompresskitError(f"--patience {self.patience} must be a positive integer.")
+        if self.patience_metric not in PATIENCE_METRICS:
+            raise CompresskitError(
+                f"--patience-metric '{self.patience_metric}' is not known; choose one of: "
+                f"{', '.join(PATIENCE_METRICS)}."
+            )
+        if not self.min_delta >= 0:
+            raise CompresskitError(f"--min-delta {self.min_delta} must be 0 or more.")
         if not has_validation and (self.target_accuracy is not None or self.patience is not None):
             raise CompresskitError(
                 "--target-accuracy and --patience need a validation split (--val-fraction > 0)."
@@ -296,13 +306,18 @@ class TrainingState:
     since_best: int
     seconds: float
     rng: dict
+    monitor_best: float | None = None  # best patience_metric so far (None: none yet)
 
     def to_dict(self) -> dict:
         return {f: getattr(self, f) for f in self.__dataclass_fields__}
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainingState:
-        return cls(**{f: data[f] for f in cls.__dataclass_fields__})
+        """The state `to_dict` gave; a state saved before `monitor_best` existed watched val_acc,
+        so its best score is that."""
+        values = {f: data[f] for f in cls.__dataclass_fields__ if f in data}
+        values.setdefault("monitor_best", data["best_score"] if data["best_score"] >= 0 else None)
+        return cls(**values)
 
 
 def capture_rng(loader) -> dict:
@@ -339,6 +354,7 @@ def fit(
     parameters: Iterable[nn.Parameter] | None = None,
     resume: TrainingState | None = None,
     on_epoch: Callable[[TrainingState], None] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> FitResult:
     """Train `model` (already on its device) for up to `cfg.epochs` epochs.
 
@@ -347,7 +363,8 @@ def fit(
     `on_epoch` sees the `TrainingState` after every finished epoch (a run directory saves it);
     `resume` continues from such a state, with `model` already holding its weights, and gives the
     same epochs, bit for bit on CPU, as a run that never stopped. An interrupt (Ctrl-C) propagates:
-    the last state handed to `on_epoch` is the one to resume from.
+    the last state handed to `on_epoch` is the one to resume from. `on_step(step, loss)` sees the
+    training loss (nats) after every optimizer step, numbered from 1 across epochs.
     """
     cfg.validate(has_validation=val_loader is not None)
     progress = progress or Progress(enabled=False)
@@ -365,6 +382,7 @@ def fit(
     history: list[dict] = []
     best_state = _cpu_copy(model)
     best_epoch, best_acc, since_best = 0, -1.0, 0
+    monitor_best: float | None = None
     first_epoch, spent = 1, 0.0
     if resume is not None:
         optimizer.load_state_dict(resume.optimizer)
@@ -372,6 +390,7 @@ def fit(
         history = [dict(row) for row in resume.history]
         best_state = resume.best_state
         best_epoch, best_acc, since_best = resume.best_epoch, resume.best_score, resume.since_best
+        monitor_best = resume.monitor_best
         first_epoch, spent = resume.epoch + 1, resume.seconds
         restore_rng(resume.rng, train_loader)
     stop_reason = _should_stop(cfg, history[-1], since_best) if history else ""
@@ -395,6 +414,8 @@ def fit(
                 loss.backward()
                 optimizer.step()
                 schedule.step()
+                if on_step is not None:
+                    on_step(schedule.last_epoch, loss.item())  # LambdaLR counts optimizer steps
                 loss_sum += loss.detach() * len(y)
                 correct += (out.detach().argmax(1) == y).sum()
                 seen += len(y)
@@ -414,15 +435,17 @@ def fit(
         progress.log(format_epoch(row, cfg.epochs))
         score = row["val_acc"] if val_loader is not None else float(epoch)
         if score > best_acc:
-            best_acc, best_epoch, since_best = score, epoch, 0
+            best_acc, best_epoch = score, epoch
             best_state = _cpu_copy(model)
-        else:
+        if val_loader is not None and not _improved(cfg, row, monitor_best):
             since_best += 1
+        else:
+            since_best, monitor_best = 0, row[cfg.patience_metric] if val_loader is not None else None
         if on_epoch is not None:
             on_epoch(TrainingState(
                 epoch=epoch, history=list(history), optimizer=optimizer.state_dict(),
                 schedule=schedule.state_dict(), best_state=best_state, best_epoch=best_epoch,
-                best_score=best_acc, since_best=since_best,
+                best_score=best_acc, since_best=since_best, monitor_best=monitor_best,
                 seconds=spent + time.perf_counter() - start, rng=capture_rng(train_loader),
             ))  # fmt: skip
         reason = _should_stop(cfg, row, since_best)
@@ -461,6 +484,16 @@ def fit_keeping_finished_epochs(model: nn.Module, train_loader, val_loader, cfg:
         last = states[0]
         best = last.best_score if val_loader is not None and last.best_score >= 0 else None
         return FitResult(last.history, last.best_state, last.best_epoch, best, "interrupted", last.seconds)
+
+
+def _improved(cfg: TrainConfig, row: dict, best: float | None) -> bool:
+    """Whether this epoch's `cfg.patience_metric` beats `best` by more than `cfg.min_delta`."""
+    value = row[cfg.patience_metric]
+    if best is None:
+        return True
+    if cfg.patience_metric == "val_loss":
+        return value < best - cfg.min_delta
+    return value > best + cfg.min_delta
 
 
 def _should_stop(cfg: TrainConfig, row: dict, since_best: int) -> str:

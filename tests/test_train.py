@@ -296,8 +296,15 @@ def _resumable_setup():
     data = load_dataset("digits")
     spec = make_spec("cnn_bn", 10, in_channels=1, width=0.25, head="mlp", dropout=0.3)
     model = build_model(spec, seed=3)
-    train = Loader(data.train.subset(torch.arange(256)), 64, mean=data.mean, std=data.std,
-                   augment=Augmentation.parse("crop=2,flip"), shuffle=True, seed=5)
+    train = Loader(
+        data.train.subset(torch.arange(256)),
+        64,
+        mean=data.mean,
+        std=data.std,
+        augment=Augmentation.parse("crop=2,flip"),
+        shuffle=True,
+        seed=5,
+    )
     val = Loader(data.train.subset(torch.arange(256, 384)), 128, mean=data.mean, std=data.std)
     return model, train, val
 
@@ -306,6 +313,7 @@ def test_resume_from_a_saved_epoch_matches_the_run_that_never_stopped(tmp_path):
     cfg = TrainConfig(epochs=4, lr=0.05, schedule="cosine", optimizer="adamw", patience=10, seed=7)
     model, train, val = _resumable_setup()
     states: list[TrainingState] = []
+
     # What a run directory does: save each state to disk and read it back (weights_only).
     def save(state: TrainingState) -> None:
         path = tmp_path / f"state{state.epoch}.pt"
@@ -330,7 +338,6 @@ def test_resume_from_a_saved_epoch_matches_the_run_that_never_stopped(tmp_path):
         assert torch.equal(value, fresh.state_dict()[key]), key
     for key, value in whole.best_state.items():
         assert torch.equal(value, resumed.best_state[key]), key
-
 
 
 # ----------------------------------------------------------------------------- precision
@@ -387,3 +394,39 @@ def test_fit_computes_in_the_resolved_precision(monkeypatch):
         fit(model, batches, batches, TrainConfig(epochs=1, precision=name, schedule="none"))
         assert seen and all(dtype == expected and cl for dtype, cl in seen), (name, seen)
         assert model.conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize(
+    ("min_delta", "epochs_run", "reason"),
+    [(0.05, 4, "patience"), (0.0, 6, "epochs")],
+)
+def test_patience_on_val_loss_counts_only_improvements_larger_than_min_delta(
+    monkeypatch, min_delta, epochs_run, reason
+):
+    """The layer-wise study's rule: stop after `patience` epochs whose validation loss did not fall
+    by more than `min_delta` below the best so far."""
+    import compresskit.train as train_module
+
+    losses = iter([1.0, 0.8, 0.79, 0.785, 0.6, 0.7])
+    monkeypatch.setattr(train_module, "evaluate", lambda *args, **kwargs: (next(losses), 0.5))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
+    batches = [(torch.randn(8, 3, 2, 2), torch.randint(0, 2, (8,)))]
+    cfg = TrainConfig(epochs=6, patience=2, patience_metric="val_loss", min_delta=min_delta, schedule="none")
+    result = fit(model, batches, batches, cfg)
+    assert len(result.history) == epochs_run
+    assert result.stop_reason == reason
+
+
+def test_patience_metric_and_min_delta_are_validated():
+    with pytest.raises(CompresskitError, match="--patience-metric 'train_loss'"):
+        TrainConfig(patience_metric="train_loss").validate()
+    with pytest.raises(CompresskitError, match=r"--min-delta -0\.1"):
+        TrainConfig(min_delta=-0.1).validate()
+
+
+def test_a_training_state_saved_before_monitor_best_existed_resumes_watching_val_acc():
+    from compresskit.train import TrainingState
+
+    old = {"epoch": 2, "history": [], "optimizer": {}, "schedule": {}, "best_state": {}, "best_epoch": 1,
+           "best_score": 0.75, "since_best": 1, "seconds": 3.0, "rng": {}}  # fmt: skip
+    assert TrainingState.from_dict(old).monitor_best == 0.75

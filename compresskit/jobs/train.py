@@ -46,6 +46,7 @@ from compresskit.layerwise import (
     stage_spec,
     train_layerwise,
 )
+from compresskit.live import TENSORBOARD_DIR, TensorBoardLog
 from compresskit.models import ConvNet, ModelSpec, build_model, count_parameters, make_spec
 from compresskit.plots import plot_stages, plot_training_curves
 from compresskit.progress import Progress
@@ -119,8 +120,10 @@ def train_run(
     overwrite: bool = False,
     progress: Progress | None = None,
     layerwise: LayerwiseConfig | None = None,
+    tensorboard: bool = False,
 ) -> dict:
     """Train a model from scratch into the new run directory `out`; returns the summary dict.
+    `tensorboard` also writes TensorBoard event files into ``out/tensorboard/``.
 
     With `layerwise`, train greedily block by block (`compresskit.layerwise`); the final model is
     the whole network with the last stage's mlp head.
@@ -169,6 +172,9 @@ def train_run(
         threads=torch.get_num_threads(),
         versions=versions(),
     )
+    if tensorboard:
+        TensorBoardLog.check_available()
+    config.tensorboard = tensorboard
     create_output(out, "train", overwrite=overwrite)
     write_config(out, config)
     with recording_state(out):
@@ -239,7 +245,15 @@ def _train(
             model.load_state_dict(resume.state_dict)
             state = TrainingState.from_dict(resume.training)
         recorder = EpochRecorder(out, spec, model, meta, title)
-        result = fit(model, train_loader, val_loader, cfg, progress=progress, resume=state, on_epoch=recorder)
+        board = TensorBoardLog(out / TENSORBOARD_DIR) if config.tensorboard else None
+
+        def on_epoch(state: TrainingState) -> None:
+            recorder(state)
+            if board is not None:
+                board.epoch(state)
+
+        result = fit(model, train_loader, val_loader, cfg, progress=progress, resume=state, on_epoch=on_epoch,
+                     on_step=board.step if board is not None else None)  # fmt: skip
         history = result.history
     else:
         layerwise = LayerwiseConfig(**{**config.layerwise, "aug_switch": _switch(config.layerwise)})
@@ -367,6 +381,10 @@ def _fit_layerwise(
             out, model.spec, model, {**meta, "stage": stage}, title, before=before, extra={"stage": stage}
         )
         recorder(state)
+        if board is not None:
+            board.epoch(state, offset=len(before))
+
+    board = TensorBoardLog(out / TENSORBOARD_DIR) if config.tensorboard else None
 
     def after_stage(done: StageResult) -> None:
         folder = out / "stages" / f"{done.stage:02d}"
