@@ -15,6 +15,7 @@ Two conventions hold for every dataset, so that one model family serves all of t
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import pickle
 import zlib
@@ -38,16 +39,15 @@ FASHION_MNIST_CLASSES = [
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]  # fmt: skip
 
+LABEL_SETS = ("fine", "coarse")
+
 _CIFAR = {
-    # name: (folder, train files, test file, meta file, label key, class-name key, classes, url)
+    # name: (folder, train files, test file, meta file, url)
     "cifar10": (
         "cifar-10-batches-py",
         [f"data_batch_{i}" for i in range(1, 6)],
         "test_batch",
         "batches.meta",
-        "labels",
-        "label_names",
-        10,
         "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
     ),
     "cifar100": (
@@ -55,11 +55,18 @@ _CIFAR = {
         ["train"],
         "test",
         "meta",
-        "fine_labels",
-        "fine_label_names",
-        100,
         "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
     ),
+}
+
+# The label sets of each CIFAR dataset: label set -> (label key, class-name key in meta, classes).
+# Every other dataset has only "fine" labels (its one label set).
+_CIFAR_LABELS = {
+    "cifar10": {"fine": ("labels", "label_names", 10)},
+    "cifar100": {
+        "fine": ("fine_labels", "fine_label_names", 100),
+        "coarse": ("coarse_labels", "coarse_label_names", 20),
+    },
 }
 
 
@@ -79,7 +86,10 @@ class ImageSplit:
 
 @dataclass
 class ImageDataset:
-    """A dataset with its train and test splits, class names and per-channel statistics."""
+    """A dataset with its train and test splits, class names and per-channel statistics.
+
+    `label_set` is which labels the splits carry: "fine", or "coarse" (CIFAR-100's 20 superclasses).
+    """
 
     name: str
     train: ImageSplit
@@ -87,6 +97,7 @@ class ImageDataset:
     classes: list[str]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    label_set: str = "fine"
 
     @property
     def num_classes(self) -> int:
@@ -100,21 +111,29 @@ class ImageDataset:
 # --------------------------------------------------------------------------- loading
 
 
-def load_dataset(name: str, data_dir: str | Path | None = None, *, download: bool = True) -> ImageDataset:
+def load_dataset(
+    name: str, data_dir: str | Path | None = None, *, download: bool = True, labels: str = "fine"
+) -> ImageDataset:
     """Load a dataset by name (one of `DATASET_NAMES`).
 
     `data_dir` is where files live (default ``$COMPRESSKIT_DATA`` or ``./data``). CIFAR files found
     there are validated by structure; when absent they are downloaded (with torchvision's checksum
     check) unless `download` is False. MNIST-style IDX files are never downloaded.
+
+    `labels` picks the label set (one of `LABEL_SETS`, see `check_labels`): "fine" (default) gives
+    every dataset's usual classes; "coarse" gives CIFAR-100's 20 superclasses (the ``coarse_labels``
+    of the train/test files, named by ``coarse_label_names`` in ``meta``) and is refused elsewhere.
+    Images, their order and the channel statistics do not depend on `labels`.
     """
     if name not in DATASET_NAMES:
         raise CompresskitError(f"--dataset '{name}' is not known; choose one of: {', '.join(DATASET_NAMES)}.")
+    check_labels(name, labels)
     explicit_dir = data_dir is not None
     root = Path(data_dir) if explicit_dir else DEFAULT_DATA_DIR
     if explicit_dir and not root.is_dir() and name not in ("digits", "synthetic"):
         raise CompresskitError(f"--data-dir {root} is not a directory.")
     if name in _CIFAR:
-        train, test, classes = _load_cifar(name, root, download=download)
+        train, test, classes = _load_cifar(name, root, download=download, label_set=labels)
     elif name in ("fashion-mnist", "mnist"):
         candidates = _idx_candidate_dirs(name, root, include_system=not explicit_dir)
         train, test = _load_idx_pair(name, candidates)
@@ -126,7 +145,24 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, download: boo
     train = ImageSplit(_to_image_size(train.images), train.labels)
     test = ImageSplit(_to_image_size(test.images), test.labels)
     mean, std = channel_stats(train.images)
-    return ImageDataset(name, train, test, list(classes), mean, std)
+    return ImageDataset(name, train, test, list(classes), mean, std, label_set=labels)
+
+
+def check_labels(dataset: str, labels: str) -> None:
+    """Refuse a label set that is not one of `LABEL_SETS` or that `dataset` does not have.
+
+    Only CIFAR-100 has "coarse" labels; every dataset has "fine" ones. Needs no files, so a caller
+    can check the flag before touching data or disk.
+    """
+    if labels not in LABEL_SETS:
+        raise CompresskitError(f"--labels '{labels}' is not known; choose one of: {', '.join(LABEL_SETS)}.")
+    available = _CIFAR_LABELS.get(dataset, {"fine": None})
+    if labels not in available:
+        having = [n for n, sets in _CIFAR_LABELS.items() if labels in sets]
+        raise CompresskitError(
+            f"--labels {labels} is only available for {', '.join(having)}; "
+            f"{dataset} has {' and '.join(available)} labels only."
+        )
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -169,11 +205,11 @@ def _unpickle(path: Path, what: str) -> dict:
     return obj
 
 
-def _read_cifar_batch(path: Path, label_key: str, num_classes: int, what: str) -> ImageSplit:
+def _read_cifar_batch(path: Path, label_key: str, num_classes: int, what: str, hint: str = "") -> ImageSplit:
     batch = _unpickle(path, what)
     for key in ("data", label_key):
         if key not in batch:
-            raise CompresskitError(f"{path} is not a {what} file: it has no '{key}' entry.")
+            raise CompresskitError(f"{path} is not a {what} file: it has no '{key}' entry{hint}.")
     data, labels = batch["data"], np.asarray(batch[label_key])
     if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2):
         raise CompresskitError(f"{path} is not a {what} file: 'data' must be a uint8 N×3072 array.")
@@ -191,8 +227,12 @@ def _read_cifar_batch(path: Path, label_key: str, num_classes: int, what: str) -
     return ImageSplit(images, torch.from_numpy(labels.astype(np.int64)))
 
 
-def _load_cifar(name: str, root: Path, *, download: bool) -> tuple[ImageSplit, ImageSplit, list[str]]:
-    folder, train_files, test_file, meta_file, label_key, names_key, n_classes, url = _CIFAR[name]
+def _load_cifar(
+    name: str, root: Path, *, download: bool, label_set: str = "fine"
+) -> tuple[ImageSplit, ImageSplit, list[str]]:
+    folder, train_files, test_file, meta_file, url = _CIFAR[name]
+    label_key, names_key, n_classes = _CIFAR_LABELS[name][label_set]
+    hint = " (needed by --labels coarse)" if label_set == "coarse" else ""
     what = "CIFAR-10" if name == "cifar10" else "CIFAR-100"
     base = root if root.name == folder else root / folder
     if not base.is_dir():
@@ -209,14 +249,15 @@ def _load_cifar(name: str, root: Path, *, download: bool) -> tuple[ImageSplit, I
             f"{base} is missing the {what} file(s) {', '.join(missing)}; "
             f"expected {', '.join([*train_files, test_file, meta_file])}."
         )
-    parts = [_read_cifar_batch(base / f, label_key, n_classes, what) for f in train_files]
+    parts = [_read_cifar_batch(base / f, label_key, n_classes, what, hint) for f in train_files]
     train = ImageSplit(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]))
-    test = _read_cifar_batch(base / test_file, label_key, n_classes, what)
+    test = _read_cifar_batch(base / test_file, label_key, n_classes, what, hint)
     meta = _unpickle(base / meta_file, f"{what} meta")
     classes = meta.get(names_key)
     if not isinstance(classes, list) or len(classes) != n_classes:
         raise CompresskitError(
-            f"{base / meta_file} is not a {what} meta file: '{names_key}' must list {n_classes} class names."
+            f"{base / meta_file} is not a {what} meta file: "
+            f"'{names_key}' must list {n_classes} class names{hint}."
         )
     return train, test, [str(c) for c in classes]
 
@@ -410,7 +451,16 @@ def balanced_subset(
 
 # --------------------------------------------------------------------------- augmentation + Loader
 
-_AUGMENT_DEFAULTS = {"crop": 4, "flip": 1, "cutout": 8, "jitter": 0.4}
+_AUGMENT_DEFAULTS = {"crop": 4, "flip": 1, "cutout": 8, "jitter": 0.4, "rotate": 15}
+# What each part's value may be, for the error messages.
+_AUGMENT_ALLOWED = {
+    "crop": "a whole number of pixels, 0 or more",
+    "flip": "no value",
+    "cutout": "a whole number of pixels, 0 or more",
+    "jitter": "a number from 0 up to (not including) 1",
+    "rotate": "a number of degrees from 0 to 180",
+}
+MAX_ROTATION = 180.0
 
 
 @dataclass(frozen=True)
@@ -422,16 +472,19 @@ class Augmentation:
     cutout: side in pixels of a square set to the dataset mean (0 after normalisation).
     jitter: brightness, contrast and (RGB only) saturation each scaled by a factor in
         [1 - jitter, 1 + jitter].
+    rotate: rotate each image about its centre by its own angle drawn uniformly from
+        [-rotate, +rotate] degrees (0..180), bilinear, zero padding; see `random_rotate`.
     """
 
     crop_padding: int = 0
     flip: bool = False
     cutout: int = 0
     jitter: float = 0.0
+    rotate: float = 0.0
 
     @classmethod
     def parse(cls, text: str) -> Augmentation:
-        """Parse e.g. ``"crop,flip"``, ``"crop=2,flip,cutout=12"``, ``"jitter=0.2"`` or ``"none"``."""
+        """Parse e.g. ``"crop,flip"``, ``"crop=2,flip,cutout=12"``, ``"rotate=10"`` or ``"none"``."""
         parts = [p.strip() for p in text.split(",") if p.strip()]
         if parts == ["none"]:
             return cls()
@@ -445,14 +498,19 @@ class Augmentation:
                 )
             if key == "flip" and value:
                 raise CompresskitError(f"--augment '{part}': flip takes no value.")
+            allowed = f"{key} takes {_AUGMENT_ALLOWED[key]}"
             try:
                 number = float(value) if value else _AUGMENT_DEFAULTS[key]
             except ValueError:
-                raise CompresskitError(f"--augment '{part}': {value!r} is not a number.") from None
+                raise CompresskitError(f"--augment '{part}': {value!r} is not a number; {allowed}.") from None
+            if not math.isfinite(number):
+                raise CompresskitError(f"--augment '{part}': {allowed}.")
             if key in ("crop", "cutout") and number != int(number):
                 raise CompresskitError(f"--augment '{part}': {key} takes a whole number of pixels.")
             if number < 0:
-                raise CompresskitError(f"--augment '{part}': the value must not be negative.")
+                raise CompresskitError(f"--augment '{part}': the value must not be negative; {allowed}.")
+            if key == "rotate" and number > MAX_ROTATION:
+                raise CompresskitError(f"--augment '{part}': {allowed}.")
             values[key] = number
         if values.get("jitter", 0) >= 1:
             raise CompresskitError("--augment jitter must be below 1.")
@@ -461,6 +519,7 @@ class Augmentation:
             flip=bool(values.get("flip", 0)),
             cutout=int(values.get("cutout", 0)),
             jitter=float(values.get("jitter", 0.0)),
+            rotate=float(values.get("rotate", 0.0)),
         )
 
     def describe(self) -> str:
@@ -473,11 +532,19 @@ class Augmentation:
             parts.append(f"cutout={self.cutout}")
         if self.jitter:
             parts.append(f"jitter={self.jitter:g}")
+        if self.rotate:
+            parts.append(f"rotate={_shortest(self.rotate)}")
         return ",".join(parts) or "none"
 
     @property
     def active(self) -> bool:
         return self.describe() != "none"
+
+
+def _shortest(value: float) -> str:
+    """`value` as ``:g`` text when that reads back exactly, else as its round-trip repr."""
+    text = f"{value:g}"
+    return text if float(text) == value else repr(value)
 
 
 def default_augmentation(dataset: str) -> Augmentation:
@@ -534,12 +601,64 @@ def random_jitter(images: torch.Tensor, amount: float, generator: torch.Generato
     return x.clamp(0.0, 1.0)
 
 
+def rotate_batch(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate image i of a B×C×H×W batch about its centre by ``degrees[i]``, counter-clockwise as
+    displayed (row 0 at the top), so +90 equals ``torch.rot90(image, 1, dims=(-2, -1))``.
+
+    One `F.affine_grid` + `F.grid_sample` for the whole batch on its device: bilinear, zero padding
+    (corners brought in from outside the image are 0, i.e. black before normalisation),
+    ``align_corners=False`` so the centre of rotation is the image centre. Float batches keep their
+    dtype; integer (uint8) batches are computed in float32 and rounded and clamped back.
+    """
+    b, _, h, w = images.shape
+    if degrees.shape != (b,):
+        raise ValueError(f"rotate_batch needs one angle per image: {b} images, angles {tuple(degrees.shape)}")
+    floating = images.is_floating_point()
+    x = images if floating else images.to(torch.float32)
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    theta = torch.deg2rad(degrees.to(device=x.device, dtype=torch.float64))
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    # The output pixel at normalised (u, v) (u right, v down; pixel units are w/2 and h/2 per unit)
+    # reads the input at the inverse rotation of that point; for a counter-clockwise turn as
+    # displayed (v pointing down) that is [[cos, -sin], [sin, cos]] in pixel units.
+    matrix = torch.zeros(b, 2, 3, dtype=torch.float64, device=x.device)
+    matrix[:, 0, 0] = cos
+    matrix[:, 0, 1] = -sin * (h / w)
+    matrix[:, 1, 0] = sin * (w / h)
+    matrix[:, 1, 1] = cos
+    grid = F.affine_grid(matrix.to(x.dtype), list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if floating:
+        return out.to(images.dtype)
+    info = torch.iinfo(images.dtype)
+    return out.round().clamp(info.min, info.max).to(images.dtype)
+
+
+def rotation_angles(n: int, degrees: float, generator: torch.Generator) -> torch.Tensor:
+    """`n` angles drawn uniformly from [-degrees, +degrees] (float32, CPU) with `generator`."""
+    return (torch.rand(n, generator=generator) * 2 - 1) * degrees
+
+
+def random_rotate(images: torch.Tensor, degrees: float, generator: torch.Generator) -> torch.Tensor:
+    """Rotate each image by its own angle from [-degrees, +degrees]; see `rotate_batch`.
+
+    Draws exactly `len(images)` numbers from `generator` (on the CPU, like the other parts), so a
+    run that resumes its loader's generator state gets the same angles.
+    """
+    return rotate_batch(images, rotation_angles(images.shape[0], degrees, generator))
+
+
 class Loader:
     """Batches from uint8 images kept on `device`; augmentation runs on whole batches there.
 
     Yields ``(x, y)``: x float32 B×C×32×32 normalised with `mean`/`std`, y int64 B. All randomness
     (order, crops, flips, …) comes from one CPU `torch.Generator` seeded with `seed`, so two
     loaders built alike yield identical batches, epoch after epoch.
+
+    Augmentation order: crop on the uint8 batch; then, as float32 in 0..255 units (before
+    normalisation), flip, rotate (zero = black fill) and jitter; normalisation; cutout last (its
+    zero is the dataset mean). A part that is off draws nothing from the generator.
     """
 
     def __init__(
@@ -595,6 +714,8 @@ class Loader:
         x = images.float()
         if aug.flip:
             x = random_flip(x, g)
+        if aug.rotate:
+            x = random_rotate(x, aug.rotate, g)
         if aug.jitter:
             x = random_jitter(x / 255.0, aug.jitter, g) * 255.0
         x = (x - self.mean) / self.std

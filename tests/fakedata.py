@@ -19,6 +19,11 @@ CIFAR10_NAMES = [
     "airplane", "automobile", "bird", "cat", "deer",
     "dog", "frog", "horse", "ship", "truck",
 ]  # fmt: skip
+CIFAR100_FINE_NAMES = [f"fine{i:02d}" for i in range(100)]
+CIFAR100_COARSE_NAMES = [f"coarse{i:02d}" for i in range(20)]
+# The fake CIFAR-100's fixed fine -> coarse mapping: like the official one, five fine classes per
+# superclass, and not simply fine // 5 (7 is coprime to 20, so each residue occurs five times).
+CIFAR100_FINE_TO_COARSE = np.array([(7 * i + 3) % 20 for i in range(100)])
 
 
 @dataclass
@@ -31,6 +36,11 @@ class FakeCifar:
     test_data: np.ndarray
     test_labels: np.ndarray
     classes: list[str]
+    # CIFAR-100 only (None for CIFAR-10 and when written without them): the superclass labels
+    # (CIFAR100_FINE_TO_COARSE of the fine labels) and the 20 superclass names.
+    coarse_train_labels: np.ndarray | None = None
+    coarse_test_labels: np.ndarray | None = None
+    coarse_classes: list[str] | None = None
 
 
 def write_pickle(path: Path, obj: object) -> None:
@@ -84,30 +94,46 @@ def write_cifar10(root: Path, per_batch: int = 6, seed: int = 0) -> FakeCifar:
     )
 
 
-def write_cifar100(root: Path, n_train: int = 8, n_test: int = 4, seed: int = 0) -> FakeCifar:
-    """Write root/cifar-100-python/{train,test,meta} with 'fine_labels' and 'coarse_labels'."""
+def write_cifar100(
+    root: Path, n_train: int = 8, n_test: int = 4, seed: int = 0, *, coarse: bool = True
+) -> FakeCifar:
+    """Write root/cifar-100-python/{train,test,meta} like the official files: train/test dicts with
+    'data', 'fine_labels', 'coarse_labels' (the fine labels mapped by CIFAR100_FINE_TO_COARSE),
+    'filenames' and 'batch_label'; meta with 'fine_label_names' and 'coarse_label_names'.
+    ``coarse=False`` leaves out both coarse keys (a copy without superclasses)."""
     rng = np.random.default_rng(seed)
     folder = Path(root) / CIFAR100_FOLDER
-    fine_names = [f"fine{i:02d}" for i in range(100)]
-    coarse_names = [f"coarse{i:02d}" for i in range(20)]
-    arrays = {}
+    arrays, coarse_arrays = {}, {}
     for split, n in (("train", n_train), ("test", n_test)):
         data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
         fine = rng.integers(0, 100, size=n)
-        coarse = rng.integers(0, 20, size=n)
-        write_pickle(
-            folder / split,
-            {
-                "filenames": [f"{split}_{j}.png" for j in range(n)],
-                "batch_label": f"{split} batch",
-                "fine_labels": [int(v) for v in fine],
-                "coarse_labels": [int(v) for v in coarse],
-                "data": data,
-            },
-        )
+        rng.integers(0, 20, size=n)  # still drawn, so the images and fine labels stay as before
+        superclass = CIFAR100_FINE_TO_COARSE[fine]
+        batch = {
+            "filenames": [f"{split}_{j}.png" for j in range(n)],
+            "batch_label": f"{split} batch",
+            "fine_labels": [int(v) for v in fine],
+            "coarse_labels": [int(v) for v in superclass],
+            "data": data,
+        }
+        if not coarse:
+            del batch["coarse_labels"]
+        write_pickle(folder / split, batch)
         arrays[split] = (data, fine)
-    write_pickle(folder / "meta", {"fine_label_names": fine_names, "coarse_label_names": coarse_names})
-    return FakeCifar(folder, *arrays["train"], *arrays["test"], fine_names)
+        coarse_arrays[split] = superclass
+    meta = {"fine_label_names": list(CIFAR100_FINE_NAMES), "coarse_label_names": list(CIFAR100_COARSE_NAMES)}
+    if not coarse:
+        del meta["coarse_label_names"]
+    write_pickle(folder / "meta", meta)
+    return FakeCifar(
+        folder,
+        *arrays["train"],
+        *arrays["test"],
+        list(CIFAR100_FINE_NAMES),
+        coarse_train_labels=coarse_arrays["train"] if coarse else None,
+        coarse_test_labels=coarse_arrays["test"] if coarse else None,
+        coarse_classes=list(CIFAR100_COARSE_NAMES) if coarse else None,
+    )
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

@@ -14,21 +14,28 @@ import torch.nn.functional as F
 import torchvision
 
 from compresskit.data import (
+    LABEL_SETS,
     Augmentation,
     ImageSplit,
     Loader,
     channel_stats,
+    check_labels,
     load_dataset,
     random_crop,
     random_cutout,
     random_flip,
     random_jitter,
+    random_rotate,
     read_idx,
+    rotate_batch,
+    rotation_angles,
     stratified_split,
 )
 from compresskit.errors import CompresskitError
 from tests.fakedata import (
     CIFAR10_FOLDER,
+    CIFAR100_COARSE_NAMES,
+    CIFAR100_FINE_TO_COARSE,
     CIFAR100_FOLDER,
     idx_bytes,
     write_cifar10,
@@ -99,6 +106,89 @@ def test_cifar100_loads_fine_labels(tmp_path):
         assert ds.num_classes == 100
         _check_cifar_layout(ds.train.images, fake.train_data)
         _check_cifar_layout(ds.test.images, fake.test_data)
+
+
+def test_cifar100_coarse_labels(tmp_path):
+    fake = write_cifar100(tmp_path, n_train=40, n_test=12, seed=3)
+    fine = load_dataset("cifar100", tmp_path, download=False, labels="fine")
+    ds = load_dataset("cifar100", tmp_path, download=False, labels="coarse")
+    assert fine.label_set == "fine" and ds.label_set == "coarse"
+    assert ds.classes == CIFAR100_COARSE_NAMES == fake.coarse_classes
+    assert ds.num_classes == 20
+    assert ds.train.labels.dtype == torch.int64
+    # the superclass of each sample is the fake data's mapping of its fine class
+    assert ds.train.labels.tolist() == CIFAR100_FINE_TO_COARSE[fake.train_labels].tolist()
+    assert ds.test.labels.tolist() == CIFAR100_FINE_TO_COARSE[fake.test_labels].tolist()
+    assert ds.train.labels.tolist() == fake.coarse_train_labels.tolist()
+    assert ds.test.labels.tolist() == fake.coarse_test_labels.tolist()
+    assert not torch.equal(ds.train.labels, fine.train.labels // 5)
+    # images, their order and the statistics do not depend on the label set
+    assert torch.equal(ds.train.images, fine.train.images)
+    assert torch.equal(ds.test.images, fine.test.images)
+    assert (ds.mean, ds.std) == (fine.mean, fine.std)
+    assert fine.train.labels.tolist() == fake.train_labels.tolist()
+    assert fine.num_classes == 100
+
+
+def test_fake_cifar100_mapping_is_official_shaped():
+    # like the official mapping: every superclass holds exactly five fine classes
+    assert np.bincount(CIFAR100_FINE_TO_COARSE, minlength=20).tolist() == [5] * 20
+    assert len(CIFAR100_COARSE_NAMES) == 20
+
+
+@pytest.mark.parametrize("labels", ["medium", "Coarse", "", "superclass"])
+def test_unknown_label_set_is_refused(tmp_path, labels):
+    write_cifar100(tmp_path)
+    with pytest.raises(CompresskitError) as info:
+        load_dataset("cifar100", tmp_path, download=False, labels=labels)
+    message = str(info.value)
+    assert f"--labels '{labels}'" in message
+    assert "fine, coarse" in message
+    assert LABEL_SETS == ("fine", "coarse")
+
+
+@pytest.mark.parametrize("name", ["cifar10", "fashion-mnist", "mnist", "digits", "synthetic"])
+def test_coarse_labels_refused_for_datasets_without_them(tmp_path, name):
+    # refused from the name alone, before any file is looked for (the folder does not exist)
+    with pytest.raises(CompresskitError) as info:
+        load_dataset(name, tmp_path / "nowhere", download=False, labels="coarse")
+    message = str(info.value)
+    assert "--labels coarse is only available for cifar100" in message
+    assert name in message
+    with pytest.raises(CompresskitError, match="--labels coarse"):
+        check_labels(name, "coarse")
+    check_labels(name, "fine")
+    check_labels("cifar100", "coarse")
+
+
+def test_cifar100_copy_without_coarse_labels(tmp_path):
+    fake = write_cifar100(tmp_path, coarse=False)
+    assert fake.coarse_train_labels is None and fake.coarse_classes is None
+    ds = load_dataset("cifar100", tmp_path, download=False)  # fine labels still load
+    assert ds.train.labels.tolist() == fake.train_labels.tolist()
+    with pytest.raises(CompresskitError) as info:
+        load_dataset("cifar100", tmp_path, download=False, labels="coarse")
+    message = str(info.value)
+    assert str(fake.folder / "train") in message
+    assert "'coarse_labels'" in message and "--labels coarse" in message
+
+
+def test_cifar100_meta_without_coarse_names(tmp_path):
+    fake = write_cifar100(tmp_path)
+    write_pickle(fake.folder / "meta", {"fine_label_names": [f"f{i}" for i in range(100)]})
+    with pytest.raises(CompresskitError) as info:
+        load_dataset("cifar100", tmp_path, download=False, labels="coarse")
+    message = str(info.value)
+    assert "meta" in message and "'coarse_label_names'" in message and "20 class names" in message
+
+
+def test_cifar100_coarse_label_out_of_range(tmp_path):
+    fake = write_cifar100(tmp_path)
+    data = np.zeros((2, 3072), dtype=np.uint8)
+    write_pickle(fake.folder / "test", {"data": data, "fine_labels": [0, 99], "coarse_labels": [0, 20]})
+    load_dataset("cifar100", tmp_path, download=False)  # the fine labels are fine
+    with pytest.raises(CompresskitError, match=r"test is not a CIFAR-100 file: labels must lie in 0\.\.19"):
+        load_dataset("cifar100", tmp_path, download=False, labels="coarse")
 
 
 def _drop_data_key(folder: Path) -> str:
@@ -463,7 +553,7 @@ def _random_split(n: int = 20, channels: int = 3, seed: int = 0) -> ImageSplit:
 
 MEAN = (0.4, 0.5, 0.6)
 STD = (0.2, 0.25, 0.3)
-FULL = Augmentation(crop_padding=4, flip=True, cutout=8, jitter=0.3)
+FULL = Augmentation(crop_padding=4, flip=True, cutout=8, jitter=0.3, rotate=10)
 
 
 def _epochs(loader: Loader, n: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -641,6 +731,12 @@ def test_random_jitter_stays_in_unit_range():
         ("none", Augmentation()),
         ("jitter=0.2", Augmentation(jitter=0.2)),
         (" flip , crop=3 ", Augmentation(crop_padding=3, flip=True)),
+        ("crop,flip,rotate=10", Augmentation(crop_padding=4, flip=True, rotate=10)),
+        ("rotate", Augmentation(rotate=15)),
+        ("rotate=7.5,cutout=4", Augmentation(cutout=4, rotate=7.5)),
+        ("rotate=180", Augmentation(rotate=180)),
+        ("rotate=0.123456789", Augmentation(rotate=0.123456789)),
+        ("rotate=0,flip", Augmentation(flip=True)),
     ],
 )
 def test_augmentation_parse(text, expected):
@@ -649,12 +745,160 @@ def test_augmentation_parse(text, expected):
     assert Augmentation.parse(parsed.describe()) == parsed
 
 
+def test_augmentation_describe_with_rotation():
+    assert Augmentation.parse("crop,flip,rotate=10").describe() == "crop=4,flip,rotate=10"
+    assert Augmentation.parse("rotate").describe() == "rotate=15"
+    assert Augmentation(rotate=0.1).describe() == "rotate=0.1"
+    assert Augmentation.parse("rotate").active
+
+
 @pytest.mark.parametrize(
-    "text", ["rotate", "crop=x", "jitter=1.5", "crop=-1", "flip,rotate=3", "crop=2.7", "flip=0.3"]
+    "text", ["shear", "crop=x", "jitter=1.5", "crop=-1", "flip,shear=3", "crop=2.7", "flip=0.3", "crop=nan"]
 )
 def test_augmentation_parse_rejects(text):
     with pytest.raises(CompresskitError, match="--augment"):
         Augmentation.parse(text)
+
+
+@pytest.mark.parametrize("text", ["rotate=-5", "rotate=200", "rotate=abc", "rotate=nan", "rotate=inf"])
+def test_augmentation_parse_rejects_bad_rotation(text):
+    with pytest.raises(CompresskitError) as info:
+        Augmentation.parse(text)
+    message = str(info.value)
+    assert f"--augment '{text}'" in message
+    assert "rotate takes a number of degrees from 0 to 180" in message
+
+
+# --------------------------------------------------------------------------- rotation
+
+
+def _smooth_asymmetric_image(channels: int = 3) -> torch.Tensor:
+    """A smooth 32×32 image with no rotational symmetry, values in 0..255 (float32)."""
+    g = torch.Generator().manual_seed(11)
+    coarse = torch.rand(1, channels, 5, 5, generator=g)
+    image = F.interpolate(coarse, size=(32, 32), mode="bicubic", align_corners=False)[0]
+    image[:, 4:10, 20:27] += 1.0  # an off-centre block
+    return (image.clamp(0, 2) * 120).float()
+
+
+def test_rotate_batch_by_zero_is_identity():
+    images = _asymmetric_batch(n=4)
+    assert torch.equal(rotate_batch(images, torch.zeros(4)), images)  # uint8 in, uint8 out
+    floats = images.float() / 255
+    out = rotate_batch(floats, torch.zeros(4))
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, floats, atol=1e-5, rtol=0)
+    # a tiny angle moves no pixel by more than a sliver of its neighbours' difference
+    tiny = rotate_batch(floats, torch.full((4,), 1e-4))
+    torch.testing.assert_close(tiny, floats, atol=1e-4, rtol=0)
+
+
+def test_rotate_batch_quarter_turns_equal_rot90():
+    image = _asymmetric_batch(n=1)[0]
+    assert not torch.equal(image, torch.rot90(image, 1, dims=(-2, -1)))
+    angles = torch.tensor([90.0, -90.0, 180.0, 270.0, 0.0])
+    expected = torch.stack([torch.rot90(image, k, dims=(-2, -1)) for k in (1, -1, 2, 3, 0)])
+    batch = image.expand(5, -1, -1, -1)
+    assert torch.equal(rotate_batch(batch, angles), expected)  # each sample its own angle
+    out = rotate_batch(batch.float(), angles)
+    torch.testing.assert_close(out, expected.float(), atol=1e-3, rtol=0)
+    # a small grayscale image, not 32×32: 8×8 one channel
+    small = torch.arange(64, dtype=torch.float32).view(1, 1, 8, 8)
+    torch.testing.assert_close(
+        rotate_batch(small, torch.tensor([90.0])), torch.rot90(small, 1, dims=(-2, -1)), atol=1e-4, rtol=0
+    )
+
+
+def test_rotate_batch_fills_corners_with_zero():
+    ones = torch.ones(1, 1, 32, 32)
+    out = rotate_batch(ones, torch.tensor([45.0]))
+    assert out[0, 0, 0, 0] == 0 and out[0, 0, 31, 31] == 0  # corners come from outside: zero
+    assert out[0, 0, 16, 16] == pytest.approx(1.0)
+    assert out.min() >= 0 and out.max() <= 1 + 1e-6
+
+
+def test_rotation_angles_are_per_sample_and_within_bounds():
+    angles = rotation_angles(1000, 12.5, torch.Generator().manual_seed(0))
+    assert angles.shape == (1000,)
+    assert angles.abs().max() <= 12.5
+    assert angles.min() < -12 and angles.max() > 12  # the whole range is used
+    assert len(set(angles.tolist())) == 1000
+    assert abs(float(angles.mean())) < 1.0
+
+
+def test_loader_rotates_each_sample_by_its_own_bounded_angle():
+    """Recover each sample's angle from the Loader's output by fitting against rotate_batch."""
+    image = _smooth_asymmetric_image()
+    n, degrees = 24, 10.0
+    images = image.round().to(torch.uint8).expand(n, -1, -1, -1).contiguous()
+    split = ImageSplit(images, torch.zeros(n, dtype=torch.long))
+    unit = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+    loader = Loader(split, n, augment=Augmentation(rotate=degrees), seed=5, **unit)
+    x, _ = next(iter(loader))
+    candidates = torch.arange(-20.0, 20.0 + 1e-9, 0.25)
+    references = rotate_batch(split.images[:1].float().expand(len(candidates), -1, -1, -1), candidates) / 255
+    errors = ((x[:, None] - references[None]) ** 2).mean(dim=(2, 3, 4))  # n × candidates
+    fitted = candidates[errors.argmin(dim=1)]
+    assert fitted.abs().max() <= degrees + 0.25
+    assert len(set(fitted.tolist())) > n // 2  # angles differ per sample
+    assert fitted.min() < -degrees / 2 and fitted.max() > degrees / 2
+    # they are the angles drawn from the loader's generator (nothing else drew from it here)
+    drawn = rotation_angles(n, degrees, torch.Generator().manual_seed(5))
+    assert (fitted - drawn).abs().max() <= 0.125 + 1e-6
+
+
+def test_random_rotate_same_seed_same_batch_and_only_its_generator():
+    images = _asymmetric_batch(n=16).float()
+    torch.manual_seed(0)
+    global_state = torch.get_rng_state()
+    g1, g2, g3 = (torch.Generator().manual_seed(s) for s in (4, 4, 5))
+    a, b, c = random_rotate(images, 15, g1), random_rotate(images, 15, g2), random_rotate(images, 15, g3)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert torch.equal(torch.get_rng_state(), global_state)  # the global generator is untouched
+    # exactly one number per image was drawn, so what follows in the loader stays reproducible
+    reference = torch.Generator().manual_seed(4)
+    torch.rand(16, generator=reference)
+    assert torch.equal(g1.get_state(), reference.get_state())
+
+
+def test_loader_with_rotation_resumes_from_the_generator_state():
+    split = _random_split(n=12)
+    aug = Augmentation(crop_padding=2, flip=True, rotate=20)
+    loader = Loader(split, 4, mean=MEAN, std=STD, augment=aug, shuffle=True, seed=9)
+    list(loader)  # one epoch
+    state = loader.generator.get_state()
+    second = _epochs(loader, 1)
+    resumed = Loader(split, 4, mean=MEAN, std=STD, augment=aug, shuffle=True, seed=0)
+    resumed.generator.set_state(state)
+    for (xa, ya), (xb, yb) in zip(second, _epochs(resumed, 1), strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_rotation_off_leaves_the_loader_unchanged():
+    split = _random_split(n=12)
+    base = Augmentation(crop_padding=4, flip=True, cutout=8)
+    with_zero = Augmentation.parse("crop,flip,cutout,rotate=0")
+    assert with_zero == base
+    a = _epochs(Loader(split, 4, mean=MEAN, std=STD, augment=base, shuffle=True, seed=2), 1)
+    b = _epochs(Loader(split, 4, mean=MEAN, std=STD, augment=with_zero, shuffle=True, seed=2), 1)
+    for (xa, _), (xb, _) in zip(a, b, strict=True):
+        assert torch.equal(xa, xb)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_rotation_runs_on_the_batch_device():
+    images = _asymmetric_batch(n=8)
+    angles = torch.linspace(-30, 30, 8)
+    on_gpu = rotate_batch(images.cuda(), angles)
+    assert on_gpu.device.type == "cuda" and on_gpu.dtype == torch.uint8
+    assert (on_gpu.cpu().int() - rotate_batch(images, angles).int()).abs().max() <= 1
+    split = ImageSplit(images, torch.arange(8))
+    aug = Augmentation(crop_padding=4, flip=True, rotate=15)
+    x_gpu, _ = next(iter(Loader(split, 8, mean=MEAN, std=STD, augment=aug, seed=1, device="cuda")))
+    x_cpu, _ = next(iter(Loader(split, 8, mean=MEAN, std=STD, augment=aug, seed=1)))
+    assert x_gpu.device.type == "cuda"
+    torch.testing.assert_close(x_gpu.cpu(), x_cpu, atol=1e-3, rtol=0)
 
 
 def test_default_augmentation_inactive_is_none():
