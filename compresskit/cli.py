@@ -48,6 +48,7 @@ AllocateName = _choices("AllocateName", ("uniform", "csi"))
 TtaName = _choices("TtaName", ("none", "flip", "flip-translate"))
 PrecisionName = _choices("PrecisionName", ("auto", "fp32", "bf16"))
 PatienceMetric = _choices("PatienceMetric", ("val_acc", "val_loss"))
+LabelSet = _choices("LabelSet", ("fine", "coarse"))
 
 
 def _version(value: bool) -> None:
@@ -189,10 +190,11 @@ def train(
     ),
     dropout: float = typer.Option(0.0, help="Dropout before the head's last linear layer."),
     global_pool: bool = typer.Option(False, help="Average-pool the last feature map before the head."),
+    labels: LabelSet = typer.Option("fine", help="cifar100: 100 fine classes or 20 coarse superclasses."),
     val_fraction: float = typer.Option(0.1, help="Stratified share of train held out for validation."),
     augment: str | None = typer.Option(
         None,
-        help="Comma list of crop[=PAD], flip, cutout[=SIZE], jitter[=AMOUNT], or none. "
+        help="Comma list of crop[=PAD], flip, rotate[=DEGREES], cutout[=SIZE], jitter[=AMOUNT], or none. "
         "Default: crop,flip (crop only for digits and mnist).",
     ),
     epochs: int = typer.Option(30, help="Maximum number of epochs."),
@@ -257,7 +259,7 @@ def train(
                 ModelOptions(name=model.value, width=width, head=head.value, dropout=dropout,
                              global_pool=global_pool),
                 DataOptions(dataset=dataset.value, data_dir=data_folder, download=download,
-                            val_fraction=val_fraction, augment=augment),
+                            val_fraction=val_fraction, augment=augment, labels=labels.value),
                 cfg,
                 overwrite=overwrite,
                 progress=progress,

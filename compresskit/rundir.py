@@ -284,6 +284,7 @@ class DataRecord:
     mean: list[float]
     std: list[float]
     test_count: int
+    labels: str = "fine"  # the label set (`data.LABEL_SETS`): CIFAR-100's coarse superclasses or fine
 
 
 @dataclass

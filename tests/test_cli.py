@@ -149,12 +149,15 @@ TRAIN_ERRORS = {
     "epochs": (["--epochs", "0"], "--epochs 0"),
     "batch-size": (["--batch-size", "0"], "--batch-size 0"),
     "val-fraction": (["--val-fraction", "1.5"], "--val-fraction 1.5"),
-    "augment": (["--augment", "rotate"], "--augment 'rotate'"),
+    "augment": (["--augment", "spin"], "--augment 'spin'"),
     "lr": (["--lr", "-1"], "--lr"),
     "optimizer": (["--optimizer", "adam"], "'adam' is not one of 'sgd', 'adamw'"),
     "target-accuracy": (["--target-accuracy", "90"], "--target-accuracy 90"),
     "head": (["--head", "deep"], "'deep' is not one of 'linear', 'mlp'"),
     "markup-in-input": (["--model", "[/bold]x"], "'[/bold]x' is not one of"),
+    "precision": (["--precision", "fp16"], "'fp16' is not one of 'auto', 'fp32', 'bf16'"),
+    "patience-metric": (["--patience-metric", "train_loss"], "'train_loss' is not one of 'val_acc'"),
+    "min-delta": (["--min-delta", "-1"], "--min-delta -1.0 must be 0 or more"),
 }
 
 
@@ -730,6 +733,9 @@ def test_fixed_choices_are_the_librarys_own():
     assert [m.value for m in cli.OptimizerName] == list(train.OPTIMIZERS)
     assert [m.value for m in cli.ScheduleName] == list(train.SCHEDULES)
     assert [m.value for m in cli.TtaName] == list(train.TTA_MODES)
+    assert [m.value for m in cli.PrecisionName] == list(train.PRECISIONS)
+    assert [m.value for m in cli.PatienceMetric] == list(train.PATIENCE_METRICS)
+    assert [m.value for m in cli.LabelSet] == list(data.LABEL_SETS)
     assert [m.value for m in cli.ImportanceName] == list(prune.IMPORTANCES)
     no_data = [i for i in prune.IMPORTANCES if i not in prune.NEEDS_DATA]
     assert [m.value for m in cli.SensitivityImportance] == no_data
@@ -773,3 +779,23 @@ def test_report_shows_progress_while_it_measures(pruned_run, tmp_path):
     assert result.exit_code == 0, result.output
     assert f"measuring {run.name}" in result.stderr
     assert f"measuring {out.name}" in result.stderr
+
+
+def test_cifar100_coarse_labels_train_evaluate_and_keep_their_label_set(tmp_path):
+    from tests.fakedata import write_cifar100
+
+    write_cifar100(tmp_path / "c100", n_train=200, n_test=100)
+    run = tmp_path / "run"
+    trained = invoke("train", "--dataset", "cifar100", "--data-dir", tmp_path / "c100", "--no-download",
+                     "--labels", "coarse", "--model", "cnn", "--width", "0.25", "--epochs", "1",
+                     "--val-fraction", "0", "--out", run, "--quiet")  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    assert load_checkpoint(run).spec.num_classes == 20
+    assert json.loads((run / "config.json").read_text())["data"]["labels"] == "coarse"
+    result = invoke("evaluate", "--checkpoint", run, "--no-download")  # reloads the coarse labels
+    assert result.exit_code == 0, result.output
+    per_class = pd.read_csv(run / "evaluation" / "per_class.csv")
+    assert len(per_class) == 20
+    bad = invoke("train", "--dataset", "cifar10", "--labels", "coarse", "--out", tmp_path / "x")
+    _check_one_line_error(bad, "--labels coarse is only available for cifar100")
+    assert not (tmp_path / "x").exists()

@@ -75,7 +75,7 @@ def run_dataset(config: RunConfig, data_dir: str | None, *, download: bool, wher
     """The dataset a run was made with (from `data_dir`, else the recorded folder), checked
     against the run's classes and channels."""
     record = config.data
-    data = load_dataset(record.dataset, data_dir or record.data_dir, download=download)
+    data = load_dataset(record.dataset, data_dir or record.data_dir, download=download, labels=record.labels)
     spec = ModelSpec.from_dict(config.model.spec)
     if data.num_classes != len(record.classes) or data.channels != spec.in_channels:
         raise CompresskitError(

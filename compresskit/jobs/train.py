@@ -24,6 +24,7 @@ from compresskit.data import (
     ImageDataset,
     Loader,
     balanced_subset,
+    check_labels,
     check_val_fraction,
     default_augmentation,
     load_dataset,
@@ -97,6 +98,7 @@ class DataOptions:
     download: bool = True
     val_fraction: float = 0.1
     augment: str | None = None
+    labels: str = "fine"  # CIFAR-100 only: "coarse" for the 20 superclasses
 
 
 def _model_spec(options: ModelOptions, *, num_classes: int, in_channels: int) -> ModelSpec:
@@ -132,6 +134,7 @@ def train_run(
     out = Path(out)
     # Validate every flag before touching data or disk.
     check_val_fraction(data_options.val_fraction)
+    check_labels(data_options.dataset, data_options.labels)
     cfg.validate(has_validation=data_options.val_fraction > 0)
     plan = _model_spec(model_options, num_classes=2, in_channels=1)  # checks the model flags
     augment = (
@@ -146,7 +149,12 @@ def train_run(
         if layerwise.aug_switch is not None:
             Augmentation.parse(layerwise.aug_switch[1])
     check_output(out, "train", overwrite=overwrite)
-    data = load_dataset(data_options.dataset, data_options.data_dir, download=data_options.download)
+    data = load_dataset(
+        data_options.dataset,
+        data_options.data_dir,
+        download=data_options.download,
+        labels=data_options.labels,
+    )
     spec = _model_spec(model_options, num_classes=data.num_classes, in_channels=data.channels)
     if layerwise is not None:
         spec = stage_spec(spec, len(spec.conv_widths))
@@ -163,6 +171,7 @@ def train_run(
             mean=list(data.mean),
             std=list(data.std),
             test_count=len(data.test),
+            labels=data_options.labels,
         ),
         train=cfg.to_dict(),
         layerwise=None if layerwise is None else asdict(layerwise),
