@@ -1,9 +1,13 @@
 """VGG-family networks and small baseline CNNs for 32×32 inputs, rebuilt from a JSON-able spec.
 
 Every model is a `ConvNet`: ``features`` (a `nn.Sequential` of conv blocks — each itself
-``Sequential(Conv2d 3×3 pad 1, [BatchNorm2d], ReLU)`` — and 2×2 max-pools) followed by ``head``.
-A `ModelSpec` lists every conv layer's output channels, so pruned networks with arbitrary
-per-layer widths rebuild exactly from the spec alone, with no pickled code.
+``Sequential(Conv2d 3×3 pad 1, [BatchNorm2d], ReLU, [SqueezeExcite])`` — and 2×2 max-pools)
+followed by ``head``. A `ModelSpec` lists every conv layer's output channels, so pruned networks
+with arbitrary per-layer widths rebuild exactly from the spec alone, with no pickled code.
+
+The attention CNNs (``cnn_se``, ``cnn_se_bn``) are the ``cnn`` plan with a squeeze-and-excitation
+gate (`SqueezeExcite`) closing every conv block; its bottleneck width follows from the block's
+width and ``ModelSpec.se_reduction`` (`se_width`), so it needs no entry of its own in the spec.
 
 The model owns its structure: `ConvNet.named_blocks` lists its conv blocks (``block1…``), max-pools
 (``pool1…``) and head linear layers (``fc1…``) in forward order, with their module paths; capture,
@@ -33,9 +37,14 @@ VGG_LAYERS: dict[str, list[int | str]] = {
     # The reference studies' conv-relu-pool "sandwich" baseline: three conv + pool stages.
     "cnn": [32, "M", 64, "M", 128, "M"],
 }  # fmt: skip
+# Attention models: a channel plan of VGG_LAYERS with a squeeze-and-excitation gate in every conv
+# block, reducing by SE_REDUCTION.
+SE_MODELS: dict[str, str] = {"cnn_se": "cnn"}
+SE_REDUCTION = 8
+SE_MIN_WIDTH = 4
 HEADS = ("linear", "mlp")
 BLOCK_KINDS = ("block", "pool", "fc")
-MODEL_NAMES = tuple(f"{base}{bn}" for base in VGG_LAYERS for bn in ("", "_bn"))
+MODEL_NAMES = tuple(f"{base}{bn}" for base in (*VGG_LAYERS, *SE_MODELS) for bn in ("", "_bn"))
 
 
 @dataclass
@@ -48,6 +57,8 @@ class ModelSpec:
     conv_ranks: one entry per conv layer, None (a plain 3×3 conv) or a rank r (a `FactorizedConv2d`:
         3×3 conv to r channels, then 1×1 conv to the layer's width); None for no factorization.
     linear_ranks: the same for the head's linear layers (a `FactorizedLinear` of rank r).
+    se_reduction: None (no attention) or r: every conv block of width C ends with a `SqueezeExcite`
+        gate whose bottleneck has `se_width` (C, r) = max(C // r, 4) units.
     """
 
     name: str
@@ -62,6 +73,7 @@ class ModelSpec:
     global_pool: bool = False
     conv_ranks: list[int | None] | None = None
     linear_ranks: list[int | None] | None = None
+    se_reduction: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -98,6 +110,10 @@ class ModelSpec:
                 raise CompresskitError(f"the model spec's {field_name} must list {count} ranks (or nulls).")
             if any(r is not None and not _positive_int(r) for r in ranks):
                 raise CompresskitError(f"every rank in the model spec's {field_name} must be positive.")
+        if self.se_reduction is not None and not _positive_int(self.se_reduction):
+            raise CompresskitError(
+                f"the model spec's se_reduction {self.se_reduction!r} must be a positive integer (or null)."
+            )
         if self.input_size >> self.layers.count(POOL) < 1:
             raise CompresskitError(
                 f"{self.layers.count(POOL)} max-pools shrink a {self.input_size}-pixel input to nothing."
@@ -146,14 +162,17 @@ def make_spec(
     """The spec of a named model (`MODEL_NAMES`, e.g. ``"vgg11_bn"``) at a width multiplier.
 
     `width` scales every conv layer and the mlp head's hidden layer (512), rounding to the nearest
-    integer and keeping at least one channel.
+    integer and keeping at least one channel. The attention models (`SE_MODELS`, e.g.
+    ``"cnn_se_bn"``) get ``se_reduction`` = `SE_REDUCTION`; the others None.
     """
     if name not in MODEL_NAMES:
         raise CompresskitError(f"--model '{name}' is not known; choose one of: {', '.join(MODEL_NAMES)}.")
     if not width > 0:
         raise CompresskitError(f"--width {width} must be a positive number.")
     base, batch_norm = name.removesuffix("_bn"), name.endswith("_bn")
-    layers = [c if c == POOL else max(1, round(int(c) * width)) for c in VGG_LAYERS[base]]
+    se_reduction = SE_REDUCTION if base in SE_MODELS else None
+    plan = VGG_LAYERS[SE_MODELS.get(base, base)]
+    layers = [c if c == POOL else max(1, round(int(c) * width)) for c in plan]
     spec = ModelSpec(
         name=name,
         layers=layers,
@@ -164,6 +183,7 @@ def make_spec(
         head_width=max(1, round(512 * width)),
         dropout=dropout,
         global_pool=global_pool,
+        se_reduction=se_reduction,
     )
     spec.validate()
     return spec
@@ -207,11 +227,48 @@ def _linear(in_features: int, out_features: int, rank: int | None) -> nn.Module:
     return FactorizedLinear(in_features, out_features, rank)
 
 
+def se_width(channels: int, reduction: int) -> int:
+    """Bottleneck units of the `SqueezeExcite` gate of a `channels`-wide block: max(C // r, 4)."""
+    return max(channels // reduction, SE_MIN_WIDTH)
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation (Hu et al.): rescale each channel by a gate computed from all of
+    them, ``x · sigmoid(W₂ relu(W₁ mean_hw(x) + b₁) + b₂)``, x B×C×H×W.
+
+    ``pool`` (global average) → ``down`` (Linear C → `se_width` (C, r)) → ``act`` (ReLU) → ``up``
+    (Linear → C) → ``gate`` (Sigmoid), then the product with x. Built from standard modules and a
+    broadcast product, so torch-pruning's dependency graph ties ``up``'s outputs and ``down``'s
+    inputs to the block's channels. The gate is unsqueezed to B×C×1×1, not ``view``-ed: the graph
+    takes a view for a flatten and, reading the head's flatten downstream, would map every gate
+    channel to H·W indices.
+    """
+
+    def __init__(self, channels: int, reduction: int) -> None:
+        super().__init__()
+        self.reduction = reduction  # the width follows the modules (pruning changes it), not an attribute
+        hidden = se_width(channels, reduction)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.down = nn.Linear(channels, hidden)
+        self.act = nn.ReLU(inplace=True)
+        self.up = nn.Linear(hidden, channels)
+        self.gate = nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = self.gate(self.up(self.act(self.down(self.pool(x).flatten(1)))))
+        return x * weights[:, :, None, None]
+
+
 def conv_block(
-    in_channels: int, out_channels: int, batch_norm: bool, rank: int | None = None
+    in_channels: int,
+    out_channels: int,
+    batch_norm: bool,
+    rank: int | None = None,
+    se_reduction: int | None = None,
 ) -> nn.Sequential:
-    """Conv 3×3 (padding 1) → [BatchNorm] → ReLU. The conv has no bias when BN follows it; with a
-    `rank` it is a `FactorizedConv2d`."""
+    """Conv 3×3 (padding 1) → [BatchNorm] → ReLU → [SqueezeExcite]. The conv has no bias when BN
+    follows it; with a `rank` it is a `FactorizedConv2d`; with `se_reduction` a `SqueezeExcite`
+    gate of that reduction closes the block."""
     conv: nn.Module
     if rank is None:
         conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=not batch_norm)
@@ -221,6 +278,8 @@ def conv_block(
     if batch_norm:
         parts.append(nn.BatchNorm2d(out_channels))
     parts.append(nn.ReLU(inplace=True))
+    if se_reduction is not None:
+        parts.append(SqueezeExcite(out_channels, se_reduction))
     return nn.Sequential(*parts)
 
 
@@ -229,13 +288,15 @@ class Block:
     """One unit of a `ConvNet`'s structure, as `ConvNet.named_blocks` lists them.
 
     name: ``blockN``, ``poolN`` or ``fcN``, numbered from 1 within its kind in forward order.
-    kind: ``"block"`` (a conv block: ``Sequential(conv, [BatchNorm2d], ReLU)``, the conv an
-        `nn.Conv2d` or a `FactorizedConv2d`), ``"pool"`` (an `nn.MaxPool2d`) or ``"fc"`` (a linear
-        layer of the head: an `nn.Linear` or a `FactorizedLinear`).
+    kind: ``"block"`` (a conv block: ``Sequential(conv, [BatchNorm2d], ReLU, [SqueezeExcite])``,
+        the conv an `nn.Conv2d` or a `FactorizedConv2d`; an SE gate's linear layers belong to its
+        block), ``"pool"`` (an `nn.MaxPool2d`) or ``"fc"`` (a linear layer of the head: an
+        `nn.Linear` or a `FactorizedLinear`).
     index: N − 1, the position among the blocks of its kind (for a conv block, the index into
         `ModelSpec.conv_widths` / ``conv_ranks``; for an fc, into ``linear_ranks``).
     path: the module's path in ``model.named_modules()``, e.g. ``features.0`` or ``head.1``.
-    module: the block itself (the whole conv block, activation included, for kind ``block``).
+    module: the block itself (the whole conv block, activation and SE gate included, for kind
+        ``block``: its output is what the next layer sees).
     """
 
     name: str
@@ -275,7 +336,9 @@ class ConvNet(nn.Module):
             if item == POOL:
                 blocks.append(nn.MaxPool2d(2))
             else:
-                blocks.append(conv_block(channels, int(item), spec.batch_norm, next(conv_ranks)))
+                blocks.append(
+                    conv_block(channels, int(item), spec.batch_norm, next(conv_ranks), spec.se_reduction)
+                )
                 channels = int(item)
         self.features = nn.Sequential(*blocks)
         c, h, w = spec.feature_shape()
@@ -335,7 +398,8 @@ def _block_kind(module: nn.Module) -> str | None:
 
 def init_weights(model: nn.Module) -> None:
     """Kaiming-normal (fan-out, ReLU) for convolutions, Kaiming-normal (fan-in) for hidden linear
-    layers, N(0, 0.01) for the output layer, BN scale 1 and shift 0, all biases 0."""
+    layers (SE gates' included), N(0, 0.01) for the output layer, BN scale 1 and shift 0, all
+    biases 0."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     for m in model.modules():
         if isinstance(m, nn.Conv2d):

@@ -1,12 +1,15 @@
-"""Model shapes, hand-counted parameter numbers, spec round trips and seeding."""
+"""Model shapes, hand-counted parameter numbers, spec round trips, seeding, and the
+squeeze-and-excitation (SE) attention CNNs."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 
+from compresskit.analysis.capture import LayerCapture, select_layers
 from compresskit.errors import CompresskitError
 from compresskit.models import (
     MODEL_NAMES,
@@ -14,6 +17,7 @@ from compresskit.models import (
     FactorizedConv2d,
     FactorizedLinear,
     ModelSpec,
+    SqueezeExcite,
     build_model,
     conv_sides,
     count_parameters,
@@ -34,7 +38,7 @@ def _conv(cin: int, cout: int, bn: bool) -> int:
 def test_model_names_cover_every_family():
     assert set(MODEL_NAMES) == {
         "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn",
-        "vgg19", "vgg19_bn", "cnn", "cnn_bn",
+        "vgg19", "vgg19_bn", "cnn", "cnn_bn", "cnn_se", "cnn_se_bn",
     }  # fmt: skip
 
 
@@ -165,6 +169,8 @@ def _roundtrip(spec: ModelSpec) -> ModelSpec:
         make_spec("cnn", 5, in_channels=1, width=0.5, head="mlp", dropout=0.3, global_pool=True),
         ModelSpec("pruned", [13, 5, "M", 9, "M", 3, "M"], batch_norm=True, num_classes=6),
         ModelSpec("pruned", [7, "M", 2, 11, "M"], in_channels=1, head="mlp", head_width=17),
+        make_spec("cnn_se_bn", 10, width=0.5, head="mlp"),
+        ModelSpec("pruned_se", [13, "M", 30, "M"], batch_norm=True, num_classes=6, se_reduction=4),
     ],
 )
 def test_spec_json_roundtrip_rebuilds_same_model(spec):
@@ -199,6 +205,10 @@ def test_spec_json_roundtrip_rebuilds_same_model(spec):
         ({"name": "x", "layers": [4], "head": "transformer"}, "--head"),
         ({"name": "x", "layers": [4, "M", "M", "M", "M", "M", "M"]}, "max-pools"),
         ({"name": "x", "layers": [4], "dropout": 1.0}, "--dropout"),
+        ({"name": "x", "layers": [4], "se_reduction": 0}, "se_reduction"),
+        ({"name": "x", "layers": [4], "se_reduction": -8}, "se_reduction"),
+        ({"name": "x", "layers": [4], "se_reduction": 2.5}, "se_reduction"),
+        ({"name": "x", "layers": [4], "se_reduction": True}, "se_reduction"),
     ],
 )
 def test_invalid_specs(data, fragment):
@@ -321,3 +331,157 @@ def test_named_blocks_refuses_an_unknown_kind_and_a_pool_has_no_layer():
 def test_conv_sides_halve_at_every_pool():
     assert conv_sides([64, "M", 128, "M", 256, 256, "M"], 32) == [32, 16, 8, 8]
     assert make_spec("vgg11", width=0.125).conv_sides() == [32, 16, 8, 8, 4, 4, 2, 2]
+
+
+# ----------------------------------------------------------------------------- SE attention CNNs
+
+
+def _se_reference(x, w1, b1, w2, b2):
+    """x · sigmoid(W2 relu(W1 mean_hw(x) + b1) + b2), one number at a time."""
+    batch, channels, height, width = x.shape
+    out = torch.empty_like(x)
+    for b in range(batch):
+        means = [sum(float(x[b, c, i, j]) for i in range(height) for j in range(width)) / (height * width)
+                 for c in range(channels)]  # fmt: skip
+        hidden = [max(0.0, sum(float(w1[k, c]) * means[c] for c in range(channels)) + float(b1[k]))
+                  for k in range(w1.shape[0])]  # fmt: skip
+        for c in range(channels):
+            z = sum(float(w2[c, k]) * hidden[k] for k in range(len(hidden))) + float(b2[c])
+            gate = 1.0 / (1.0 + math.exp(-z))
+            for i in range(height):
+                for j in range(width):
+                    out[b, c, i, j] = float(x[b, c, i, j]) * gate
+    return out
+
+
+def test_se_block_matches_a_slow_reference():
+    g = torch.Generator().manual_seed(0)
+    se = SqueezeExcite(6, 2).double()  # bottleneck max(6 // 2, 4) = 4
+    assert (se.down.in_features, se.down.out_features, se.up.out_features) == (6, 4, 6)
+    with torch.no_grad():
+        for p in se.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
+    x = torch.randn(2, 6, 3, 5, generator=g, dtype=torch.float64) + 0.3
+    expected = _se_reference(
+        x, *(p.detach() for p in (se.down.weight, se.down.bias, se.up.weight, se.up.bias))
+    )
+    torch.testing.assert_close(se(x), expected, rtol=1e-12, atol=1e-12)
+    # channels_last (how training runs) computes the same thing
+    torch.testing.assert_close(se(x.to(memory_format=torch.channels_last)), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_se_bottleneck_is_a_reduction_of_the_width_with_at_least_four_units():
+    assert [SqueezeExcite(c, 8).down.out_features for c in (1, 16, 32, 40, 64, 128, 512)] == [
+        4, 4, 4, 5, 8, 16, 64,
+    ]  # fmt: skip
+    assert SqueezeExcite(64, 4).down.out_features == 16
+
+
+def _se_widths(model: ConvNet) -> list[tuple[int, int]]:
+    """(channels, bottleneck) of every SE gate, in block order."""
+    return [(m.up.out_features, m.down.out_features) for m in model.modules() if isinstance(m, SqueezeExcite)]
+
+
+def test_cnn_se_specs_follow_the_cnn_plan_and_width():
+    full = make_spec("cnn_se", 10)
+    assert full.layers == make_spec("cnn", 10).layers == [32, "M", 64, "M", 128, "M"]
+    assert (full.se_reduction, full.batch_norm) == (8, False)
+    half = make_spec("cnn_se_bn", 10, width=0.5)
+    assert (half.layers, half.se_reduction, half.batch_norm) == ([16, "M", 32, "M", 64, "M"], 8, True)
+    assert _se_widths(ConvNet(full)) == [(32, 4), (64, 8), (128, 16)]
+    assert _se_widths(ConvNet(half)) == [(16, 4), (32, 4), (64, 8)]
+    for name in MODEL_NAMES:
+        assert (make_spec(name).se_reduction is not None) == ("_se" in name)
+        assert bool(_se_widths(ConvNet(make_spec(name, width=0.125)))) == ("_se" in name)
+
+
+def test_cnn_se_bn_parameter_count():
+    # cnn_bn's convs, then per block of C channels an SE of h = max(C // 8, 4): C·h + h + h·C + C.
+    convs = _conv(3, 32, bn=True) + _conv(32, 64, bn=True) + _conv(64, 128, bn=True)
+    se = sum(2 * c * h + h + c for c, h in [(32, 4), (64, 8), (128, 16)])
+    assert se == 292 + 1_096 + 4_240
+    head = 128 * 4 * 4 * 10 + 10
+    assert _params(ConvNet(make_spec("cnn_se_bn", 10))) == convs + se + head
+    assert _params(ConvNet(make_spec("cnn_se_bn", 10))) - _params(ConvNet(make_spec("cnn_bn", 10))) == se
+
+
+def test_cnn_se_spec_round_trip_reloads_the_same_weights_and_outputs():
+    spec = make_spec("cnn_se_bn", 10, width=0.5)
+    data = json.loads(json.dumps(spec.to_dict()))
+    assert data["se_reduction"] == 8
+    original = build_model(spec, seed=0)
+    with torch.no_grad():  # non-trivial BN statistics and SE biases
+        for m in original.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+            if isinstance(m, SqueezeExcite):
+                m.down.bias.uniform_(-0.5, 0.5)
+                m.up.bias.uniform_(-0.5, 0.5)
+    rebuilt = ConvNet(ModelSpec.from_dict(data))
+    assert rebuilt.spec == spec
+    rebuilt.load_state_dict(original.state_dict())
+    a, b = original.state_dict(), rebuilt.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(".3.down.weight" in k for k in a)  # the SE weights are part of the state dict
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(original.eval()(x), rebuilt.eval()(x))
+
+
+def test_an_old_spec_without_se_reduction_loads_without_attention():
+    old = make_spec("cnn_bn", 10, width=0.25).to_dict()
+    del old["se_reduction"]
+    spec = ModelSpec.from_dict(json.loads(json.dumps(old)))
+    assert spec.se_reduction is None
+    assert _se_widths(ConvNet(spec)) == []
+    assert spec == make_spec("cnn_bn", 10, width=0.25)
+
+
+def test_named_blocks_of_cnn_se_leave_the_gates_inside_their_blocks():
+    model = build_model(make_spec("cnn_se_bn", 10, width=0.5), seed=0)
+    blocks = model.named_blocks()
+    assert [(b.name, b.path) for b in blocks] == [
+        ("block1", "features.0"), ("pool1", "features.1"), ("block2", "features.2"),
+        ("pool2", "features.3"), ("block3", "features.4"), ("pool3", "features.5"), ("fc1", "head.1"),
+    ]  # fmt: skip
+    assert [b.module.out_features for b in model.named_blocks("fc")] == [10]
+    for block in model.named_blocks("block"):
+        assert isinstance(block.layer, torch.nn.Conv2d) and block.layer_path == f"{block.path}.0"
+        assert isinstance(block.module[-1], SqueezeExcite)
+    names = [layer.name for layer in select_layers(model, "blocks")]
+    assert names == ["block1", "block2", "block3", "fc1"]
+
+
+def test_capturing_a_cnn_se_block_gives_the_gated_output_the_next_layer_sees():
+    model = build_model(make_spec("cnn_se_bn", 10, width=0.25), seed=0).eval()
+    x = torch.randn(4, 3, 32, 32)
+    first = model.features[0]
+    with torch.no_grad():
+        activated = first[2](first[1](first[0](x)))  # conv → BN → ReLU, before the gate
+        gated = first[3](activated)
+        with LayerCapture(select_layers(model, "blocks")) as capture:
+            capture.forward(model, x)
+        with LayerCapture(select_layers(model, "pools")) as capture_pools:
+            capture_pools.forward(model, x)
+    assert torch.equal(capture.outputs["block1"], gated)
+    assert not torch.allclose(capture.outputs["block1"], activated)  # the gate does scale it
+    assert torch.equal(capture_pools.outputs["pool1"], torch.nn.functional.max_pool2d(gated, 2))
+
+
+def test_cnn_se_trains_one_step():
+    model = build_model(make_spec("cnn_se_bn", 10, width=0.25), seed=0).train()
+    model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 3, 32, 32, generator=g).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (8,), generator=g)
+    gate = model.features[4][3]
+    before = gate.down.weight.detach().clone()
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert gate.down.weight.grad.abs().sum() > 0  # the gradient reaches the gate
+    optimizer.step()
+    assert not torch.equal(gate.down.weight, before)

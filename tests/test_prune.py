@@ -1,8 +1,9 @@
 """Channel pruning: widths, the untouched output layer, round_to, reload equality, the separation
-importance, CSI allocation, steps and scopes, and refusals."""
+importance, CSI allocation, steps and scopes, refusals, and the SE attention CNNs' gates."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -20,10 +21,10 @@ from compresskit.compress import (
     fisher_ratio,
     prune_copy,
 )
-from compresskit.compress.prune import conv_macs
+from compresskit.compress.prune import conv_macs, fit_se_gates, rebuild
 from compresskit.errors import CompresskitError
-from compresskit.measure import count_macs
-from compresskit.models import ModelSpec, build_model, make_spec
+from compresskit.measure import count_macs, measure_model
+from compresskit.models import ConvNet, ModelSpec, SqueezeExcite, build_model, count_parameters, make_spec
 
 
 def vgg(width: float = 0.25, head: str = "linear", name: str = "vgg11_bn"):
@@ -309,3 +310,144 @@ def test_bn_scale_needs_batch_norm():
     spec = make_spec("vgg11", 10, width=0.125)
     with pytest.raises(CompresskitError, match="bn-scale"):
         prune_copy(build_model(spec), spec, PruneConfig(importance="bn-scale"))
+
+
+# ----------------------------------------------------------------------------- SE attention CNNs
+
+
+def se_cnn(width: float = 0.5):
+    """A cnn_se_bn with non-trivial BN statistics (see `vgg`) and SE biases."""
+    model, spec = vgg(width=width, name="cnn_se_bn")
+    with torch.no_grad():
+        for gate in _gates(model):
+            gate.down.bias.uniform_(-0.5, 0.5)
+            gate.up.bias.uniform_(-0.5, 0.5)
+    return model, spec
+
+
+def _gates(model) -> list[SqueezeExcite]:
+    return [m for m in model.modules() if isinstance(m, SqueezeExcite)]
+
+
+def _se_widths(model) -> list[tuple[int, int, int]]:
+    """(channels in, bottleneck, channels out) of every SE gate."""
+    return [(g.down.in_features, g.down.out_features, g.up.out_features) for g in _gates(model)]
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_pruning_cnn_se_bn_halves_the_convs_and_its_gates_follow(steps):
+    model, spec = se_cnn(width=0.5)  # 16, 32, 64 channels; gates 4, 4, 8 wide
+    x = torch.randn(3, 3, 32, 32)
+    work = build_model(spec)
+    work.load_state_dict(model.state_dict())
+    work.eval()
+    pruner = ChannelPruner(work, PruneConfig(ratio=0.5, steps=steps), x[:1])
+    for _ in range(steps):
+        widths = pruner.step()
+        assert all(b == max(c // 8, 4) for c, b, _ in _se_widths(work))  # after every step
+    assert widths == [8, 16, 32]
+    assert _se_widths(work) == [(8, 4, 8), (16, 4, 16), (32, 4, 32)]
+    with torch.no_grad():
+        expected = work(x)
+    assert expected.shape == (3, 10)
+
+    fresh, new = rebuild(work, spec)
+    assert new.conv_widths == [8, 16, 32] and new.se_reduction == 8 and new.batch_norm
+    again = ConvNet(ModelSpec.from_dict(json.loads(json.dumps(new.to_dict()))))
+    again.load_state_dict(fresh.state_dict())
+    again.eval()
+    with torch.no_grad():
+        assert torch.equal(fresh(x), expected)
+        assert torch.equal(again(x), expected)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "batches"),
+    [
+        (PruneConfig(ratio=0.5, scope="global"), False),
+        (PruneConfig(ratio=0.5, importance="separation"), True),
+        (PruneConfig(ratio=0.5, importance="taylor"), True),
+        (PruneConfig(ratio=0.3, importance="bn-scale", round_to=4), False),
+    ],
+)
+def test_every_way_of_pruning_cnn_se_bn_gives_a_model_its_spec_rebuilds(cfg, batches):
+    model, spec = se_cnn(width=0.5)
+    x, y = torch.randn(20, 3, 32, 32), torch.arange(10).repeat(2)
+    pruned, new = prune_copy(model, spec, cfg, [(x, y)] if batches else None)
+    assert sum(new.conv_widths) < sum(spec.conv_widths)
+    assert _se_widths(pruned) == [(c, max(c // 8, 4), c) for c in new.conv_widths]
+    again = ConvNet(ModelSpec.from_dict(json.loads(json.dumps(new.to_dict()))))
+    again.load_state_dict(pruned.state_dict())
+    with torch.no_grad():
+        assert torch.equal(again.eval()(x[:2]), pruned.eval()(x[:2]))
+
+
+def test_a_gate_loses_the_same_channels_as_its_conv_and_dead_ones_change_nothing():
+    # Full width: block1 32 channels (gate 4), block3 128 channels (gate 16). Zero 2 channels of
+    # block1 and 8 of block3 (conv + BN, so their activation is 0, and their gate weights, so their
+    # L1 group magnitude is 0) and prune exactly those: the gates must lose the same channels
+    # (down's inputs, up's outputs), block1's gate keeps its 4 units (max(30 // 8, 4)) and
+    # block3's drops to 15 (120 // 8): its unit 5 is made the one of smallest magnitude and does
+    # nothing (zero weights), so the outputs must not change.
+    model, spec = se_cnn(width=1.0)
+    dead = {0: [1, 5], 2: [0, 3, 7, 20, 64, 65, 100, 127]}
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    gates = _gates(model)
+    with torch.no_grad():
+        for layer, channels in dead.items():
+            convs[layer].weight[channels] = 0
+            bns[layer].weight[channels] = 0
+            bns[layer].bias[channels] = 0
+            gates[layer].down.weight[:, channels] = 0
+            gates[layer].up.weight[channels] = 0
+            gates[layer].up.bias[channels] = 0
+        gates[2].down.weight[5] = 0
+        gates[2].down.bias[5] = 0
+        gates[2].up.weight[:, 5] = 0
+    ratios = [len(dead.get(i, [])) / w for i, w in enumerate(spec.conv_widths)]
+    pruned, new = prune_copy(model, spec, PruneConfig(ratio=0.5, importance="l1"), layer_ratios=ratios)
+    assert new.conv_widths == [30, 64, 120]
+    assert _se_widths(pruned) == [(30, 4, 30), (64, 8, 64), (120, 15, 120)]
+    new_gates = _gates(pruned)
+    for layer, channels in dead.items():
+        alive = [c for c in range(spec.conv_widths[layer]) if c not in channels]
+        units = [u for u in range(gates[layer].down.out_features) if layer != 2 or u != 5]
+        torch.testing.assert_close(
+            new_gates[layer].down.weight, gates[layer].down.weight[units][:, alive], rtol=0, atol=0
+        )
+        torch.testing.assert_close(new_gates[layer].up.bias, gates[layer].up.bias[alive], rtol=0, atol=0)
+        torch.testing.assert_close(new_gates[layer].down.bias, gates[layer].down.bias[units], rtol=0, atol=0)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_fit_se_gates_keeps_the_units_of_largest_magnitude_and_pruned_spec_checks_them():
+    model, spec = se_cnn(width=1.0)
+    gate = model.features[4][3]  # 128 channels, 16 units
+    with torch.no_grad():
+        gate.down.bias.copy_(torch.arange(16.0) / 100)  # tells the kept units apart
+        gate.down.weight[::2] *= 0.01  # the even units are the weakest
+        gate.up.weight[:, ::2] *= 0.01
+    ChannelPruner(model, PruneConfig(ratio=0.5), torch.zeros(1, 3, 32, 32)).pruner.step()  # without fitting
+    assert _se_widths(model)[2] == (64, 16, 64)
+    with pytest.raises(CompresskitError, match="fit_se_gates"):
+        rebuild(model, spec)
+    fit_se_gates(model)
+    assert _se_widths(model) == [(16, 4, 16), (32, 4, 32), (64, 8, 64)]
+    torch.testing.assert_close(gate.down.bias, torch.arange(1.0, 16.0, 2) / 100, rtol=0, atol=0)
+    rebuild(model, spec)
+
+
+def test_pruned_cnn_se_bn_is_measured_with_its_gates():
+    model, spec = se_cnn(width=1.0)
+    pruned, _ = prune_copy(model, spec, PruneConfig(ratio=0.5))
+    shape = (3, 32, 32)
+    plain = build_model(make_spec("cnn_bn", 10))
+    gate_macs = sum(g.down.in_features * g.down.out_features + g.up.in_features * g.up.out_features
+                    for g in _gates(model))  # fmt: skip
+    assert count_macs(model, shape) - count_macs(plain, shape) >= gate_macs
+    assert count_macs(pruned, shape) < count_macs(model, shape) / 2
+    measured = measure_model(pruned, shape, batch_sizes=())
+    assert measured.params == count_parameters(pruned) < count_parameters(model) / 2

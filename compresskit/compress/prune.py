@@ -19,6 +19,13 @@ Per-layer ratios (``--allocate``): ``uniform`` prunes every conv layer by ``rati
 channels (with ``scope="global"``, torch-pruning ranks all channels of the network together
 instead); ``csi`` gives each layer its own ratio from the layer analysis (`csi_allocation`).
 The classifier's output layer is never pruned.
+
+Squeeze-and-excitation gates (`SqueezeExcite`, the ``cnn_se`` models) follow their block: the
+graph ties the gate's ``up`` outputs and ``down`` inputs to the block's channels, so they lose the
+same channels as its conv. The gate's bottleneck is never a pruning group of its own (``down`` is
+an ignored layer); after each step `fit_se_gates` trims it to ``se_width(C, r)`` of the block's
+new width C, dropping the hidden units of smallest weight magnitude, so the spec needs no SE
+widths: ``layers`` and ``se_reduction`` rebuild the gates.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import torch_pruning as tp
 from torch import nn
 
 from compresskit.errors import CompresskitError
-from compresskit.models import FACTORIZED, POOL, ConvNet, ModelSpec, conv_sides
+from compresskit.models import FACTORIZED, POOL, ConvNet, ModelSpec, SqueezeExcite, conv_sides, se_width
 
 IMPORTANCES = ("l1", "l2", "bn-scale", "taylor", "random", "separation")
 NEEDS_DATA = ("taylor", "separation")
@@ -285,6 +292,26 @@ def _convs(model: ConvNet) -> list[nn.Module]:
     return [block.layer for block in model.named_blocks("block")]
 
 
+def se_gates(model: ConvNet) -> list[SqueezeExcite]:
+    """The squeeze-and-excitation gate of every conv block that has one, in order."""
+    return [m for block in model.named_blocks("block") for m in block.module if isinstance(m, SqueezeExcite)]
+
+
+@torch.no_grad()
+def fit_se_gates(model: ConvNet) -> None:
+    """Trim every SE gate's bottleneck to ``se_width(C, r)`` of its block's current width C (what
+    `ConvNet` builds from the pruned spec), keeping the hidden units of largest L1 weight
+    magnitude: |row of ``down``'s weight| + |its bias| + |column of ``up``'s weight|."""
+    for gate in se_gates(model):
+        keep = se_width(gate.up.out_features, gate.reduction)
+        if gate.down.out_features <= keep:
+            continue
+        magnitude = gate.down.weight.abs().sum(1) + gate.down.bias.abs() + gate.up.weight.abs().sum(0)
+        drop = magnitude.argsort()[: gate.down.out_features - keep].sort().values.tolist()
+        tp.prune_linear_out_channels(gate.down, drop)
+        tp.prune_linear_in_channels(gate.up, drop)
+
+
 def output_layer(model: ConvNet) -> nn.Module:
     """The classifier's output layer (the last linear layer of the head); never pruned."""
     return _linears(model)[-1]
@@ -326,6 +353,9 @@ class ChannelPruner:
             if len(layer_ratios) != len(convs):
                 raise ValueError(f"{len(layer_ratios)} layer ratios for {len(convs)} conv layers.")
             ratio_dict = {conv: float(r) for conv, r in zip(convs, layer_ratios, strict=True)}
+        ignored = [output_layer(model)] if prune_head else _linears(model)
+        # An SE gate's bottleneck follows its block's width (fit_se_gates), not the ratio.
+        ignored += [gate.down for gate in se_gates(model)]
         torch.manual_seed(cfg.seed)  # RandomImportance draws from torch's global generator
         self.pruner = tp.pruner.MetaPruner(
             model,
@@ -336,7 +366,7 @@ class ChannelPruner:
             pruning_ratio_dict=ratio_dict,
             max_pruning_ratio=cfg.max_layer_ratio,
             iterative_steps=cfg.steps,
-            ignored_layers=[output_layer(model)] if prune_head else _linears(model),
+            ignored_layers=ignored,
             round_to=cfg.round_to,
         )
 
@@ -346,6 +376,7 @@ class ChannelPruner:
         elif self.cfg.importance == "taylor":
             self._accumulate_gradients()
         self.pruner.step()
+        fit_se_gates(self.model)
         self.model.zero_grad(set_to_none=True)
         return [conv.out_channels for conv in _convs(self.model)]
 
@@ -361,7 +392,15 @@ class ChannelPruner:
 
 def pruned_spec(model: ConvNet, spec: ModelSpec) -> ModelSpec:
     """The `ModelSpec` of a pruned copy of a model built from `spec`: new conv widths, new mlp
-    hidden width; everything else unchanged."""
+    hidden width; everything else unchanged. SE gates must have the bottleneck width that their
+    block's new width implies (`fit_se_gates`, which `ChannelPruner.step` runs)."""
+    for gate in se_gates(model):
+        if gate.down.out_features != se_width(gate.up.out_features, gate.reduction):
+            raise CompresskitError(
+                f"an SE gate of {gate.up.out_features} channels has {gate.down.out_features} hidden units, "
+                f"not the {se_width(gate.up.out_features, gate.reduction)} its spec rebuilds; "
+                "run fit_se_gates after pruning."
+            )
     widths = iter(conv.out_channels for conv in _convs(model))
     layers = [item if item == POOL else next(widths) for item in spec.layers]
     head_width = spec.head_width
