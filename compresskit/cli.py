@@ -32,8 +32,10 @@ def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
 
 # The allowed values of fixed-choice options; tests/test_cli.py checks each against the library's
 # own tuple (models.MODEL_NAMES, data.DATASET_NAMES, …), which would pull in torch at import.
-ModelName = _choices("ModelName", tuple(f"{b}{bn}" for b in ("vgg11", "vgg13", "vgg16", "vgg19", "cnn")
-                                        for bn in ("", "_bn")))  # fmt: skip
+ModelName = _choices(
+    "ModelName",
+    (*(f"{b}{bn}" for b in ("vgg11", "vgg13", "vgg16", "vgg19", "cnn", "cnn_se") for bn in ("", "_bn")),),
+)
 DatasetName = _choices(
     "DatasetName", ("cifar10", "cifar100", "fashion-mnist", "mnist", "digits", "synthetic")
 )

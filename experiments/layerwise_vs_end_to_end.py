@@ -1,13 +1,19 @@
-"""End-to-end vs greedy layer-wise training (frozen: variant B; not frozen: variant C), one command.
+"""End-to-end vs greedy layer-wise training, the VGG11 study's five variants in one command.
 
-Trains the three runs with `compresskit train` (end to end, `--layerwise`, `--layerwise --no-freeze`),
-runs `compresskit analyze --metrics csi` on each final model, and writes under `--out`:
-``comparison.csv`` / ``comparison.md`` (final test accuracy, training time, parameters, and the
-test CSI of every block) and ``comparison.png`` (test CSI per block for the three runs; test
-accuracy after each layer-wise stage). Usage (CIFAR-10 from ../shared/data/cifar10/make_cifar10.py):
+Trains with `compresskit train`: end to end; B (`--layerwise`, earlier blocks frozen); C
+(`--layerwise --no-freeze`); D and E (B and C that start with `--early-augment` and switch to the
+full `--augment` from stage `--switch-stage` on, mid-way through the eight blocks: our reading of
+the study's "switch augmentation part-way"). The study's schedule is the default: SGD lr 0.01,
+momentum 0.9, wd 5e-4, batch 128, 7 epochs per stage with a step decay every 3; augmentation
+flip, rotation 15°, colour jitter 0.2. Runs `compresskit analyze --metrics csi` on each final
+model and writes under `--out`: ``comparison.csv`` / ``comparison.md`` (final test accuracy,
+training time, parameters, and the test CSI of every block) and ``comparison.png`` (test CSI per
+block; test accuracy after each layer-wise stage). Every run is a live run directory: calling the
+script again skips finished runs and resumes stopped ones. Usage (CIFAR-10 from
+../shared/data/cifar10/make_cifar10.py):
 
     python experiments/layerwise_vs_end_to_end.py --dataset cifar10 --data-dir data --width 0.25 \
-        --stage-epochs 3 --epochs 24 --out results/layerwise
+        --out results/layerwise
 """
 
 from __future__ import annotations
@@ -25,9 +31,21 @@ from compresskit.report import markdown_table
 
 
 def compresskit(*args: str) -> None:
-    command = [sys.executable, "-m", "compresskit.cli", *args]
+    command = [sys.executable, "-m", "compresskit", *args]
     print("$ compresskit " + " ".join(args), flush=True)
     subprocess.run(command, check=True)
+
+
+def train_or_resume(run: Path, flags: list[str], data: list[str]) -> None:
+    """Start `run`, resume it when it stopped, skip it when it finished."""
+    try:
+        state = json.loads((run / "run.json").read_text())["state"]
+    except (OSError, ValueError, KeyError):
+        state = "none"
+    if state == "none":
+        compresskit("train", *flags, "--out", str(run))
+    elif state != "finished":
+        compresskit("train", "--resume", str(run), *data, "--quiet")
 
 
 def main() -> None:
@@ -36,32 +54,41 @@ def main() -> None:
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--model", default="vgg11_bn")
     parser.add_argument("--width", default="0.25")
-    parser.add_argument("--stage-epochs", default="3")
-    parser.add_argument("--epochs", default="24", help="end-to-end epochs (default: the layer-wise total)")
+    parser.add_argument("--stage-epochs", default="7")
+    parser.add_argument("--epochs", default="56", help="end-to-end epochs (default: the layer-wise total)")
     parser.add_argument("--lr", default="0.01")
-    parser.add_argument("--step-size", default="2", help="StepLR step (epochs) within a stage")
-    parser.add_argument("--e2e-step-size", default="8", help="StepLR step (epochs) end to end")
+    parser.add_argument("--step-size", default="3", help="StepLR step (epochs) within a stage")
+    parser.add_argument("--e2e-step-size", default="24", help="StepLR step (epochs) end to end")
+    parser.add_argument("--augment", default="flip,rotate=15,jitter=0.2", help="the study's augmentation")
+    parser.add_argument("--early-augment", default="flip", help="D and E: augmentation before the switch")
+    parser.add_argument("--switch-stage", default="5", help="D and E: first stage with --augment")
     parser.add_argument("--out", default="results/layerwise")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     common = ["--model", args.model, "--width", args.width, "--dataset", args.dataset, "--data-dir",
               args.data_dir, "--no-download", "--lr", args.lr, "--optimizer", "sgd", "--momentum", "0.9",
-              "--weight-decay", "5e-4", "--schedule", "step", "--gamma", "0.1", "--seed", "0", "--overwrite",
-              "--quiet"]  # fmt: skip
+              "--weight-decay", "5e-4", "--schedule", "step", "--gamma", "0.1", "--seed", "0", "--quiet",
+              "--batch-size", "128"]  # fmt: skip
+    data = ["--data-dir", args.data_dir, "--no-download"]
+    switch = ["--augment", args.early_augment, "--aug-switch", f"{args.switch_stage}:{args.augment}"]
     stagewise = ["--layerwise", "--stage-epochs", args.stage_epochs, "--step-size", args.step_size,
                  "--analyze-stages"]  # fmt: skip
+    full = ["--augment", args.augment]
     runs = {  # name: (folder, flags)
-        "end-to-end": ("end-to-end", ["--epochs", args.epochs, "--step-size", args.e2e_step_size]),
-        "layer-wise B (frozen)": ("layerwise-B", stagewise),
-        "layer-wise C (not frozen)": ("layerwise-C", [*stagewise, "--no-freeze"]),
+        "end-to-end": ("end-to-end", ["--epochs", args.epochs, "--step-size", args.e2e_step_size, *full]),
+        "layer-wise B (frozen)": ("layerwise-B", [*stagewise, *full]),
+        "layer-wise C (not frozen)": ("layerwise-C", [*stagewise, "--no-freeze", *full]),
+        "layer-wise D (frozen, switch)": ("layerwise-D", [*stagewise, *switch]),
+        "layer-wise E (not frozen, switch)": ("layerwise-E", [*stagewise, "--no-freeze", *switch]),
     }
     rows, csi = [], {}
     for name, (folder, extra) in runs.items():
         run = out / folder
-        compresskit("train", *common, *extra, "--out", str(run))
-        compresskit("analyze", "--checkpoint", str(run), "--metrics", "csi", "--samples", "1000",
-                    "--data-dir", args.data_dir, "--no-download", "--quiet")  # fmt: skip
+        train_or_resume(run, [*common, *extra], data)
+        if not (run / "analysis" / "layers.csv").is_file():
+            compresskit("analyze", "--checkpoint", str(run), "--metrics", "csi", "--samples", "1000", *data,
+                        "--quiet")  # fmt: skip
         summary = json.loads((run / "summary.json").read_text())
         layers = pd.read_csv(run / "analysis" / "layers.csv")
         csi[name] = layers
@@ -81,7 +108,7 @@ def main() -> None:
         ax_csi.plot(layers["layer"], layers["csi_test"], marker="o", label=name)
     ax_csi.set_ylabel("test CSI of the final model")
     ax_csi.tick_params(axis="x", rotation=45)
-    for name in ("layer-wise B (frozen)", "layer-wise C (not frozen)"):
+    for name in [n for n in runs if n != "end-to-end"]:
         stages = pd.read_csv(out / runs[name][0] / "stages.csv")
         ax_stage.plot(stages["blocks"], stages["test_acc"], marker="o", label=f"{name}: test accuracy")
         newest = f"{name}: CSI of newest block"
