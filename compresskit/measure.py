@@ -64,6 +64,7 @@ class Latency:
     device: str
     spread: float = 0.0
     repeat_medians_s: tuple[float, ...] = ()
+    channels_last: bool = False  # model and input were in channels_last (NHWC) memory format
 
     @property
     def noisy(self) -> bool:
@@ -103,6 +104,7 @@ class Measurement:
         first = next(iter(self.latency.values()), None)
         row["threads"] = None if first is None else first.threads
         row["device"] = None if first is None else first.device
+        row["memory_format"] = None if first is None else ("channels_last" if first.channels_last else "nchw")
         return row
 
 
@@ -192,6 +194,7 @@ def measure_latency(
     threads: int | None = None,
     min_run_time: float = 1.0,
     repeats: int = REPEATS,
+    channels_last: bool = False,
 ) -> Latency:
     """Median wall time of ``model(x)`` for x of shape (batch_size, *input_shape) on `device`, over
     `repeats` independent repeats, with their spread (see `Latency`).
@@ -203,6 +206,9 @@ def measure_latency(
     so `min_run_time` is the timing budget in seconds of the whole measurement (each repeat also
     times at least one block, and sizes its blocks first). On CUDA the timer synchronises the
     device around each block. The model is moved (as a copy) only if it is not already on `device`.
+    With `channels_last`, a copy of the model and the input are in channels_last (NHWC) memory
+    format, as compresskit trains and evaluates them (`train.resolve_precision`); the caller's
+    model is left as it is.
     """
     shape = _check_input_shape(input_shape)
     _check_positive("batch_size", batch_size)
@@ -216,6 +222,9 @@ def measure_latency(
     # A private generator keeps the caller's global random state untouched.
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(batch_size, *shape, generator=generator, dtype=dtype).to(dev)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+        model = copy.deepcopy(model).to(memory_format=torch.channels_last)
     with _evaluated_on(model, dev) as net:
         timer = benchmark.Timer(
             stmt="with torch.inference_mode():\n    model(x)",
@@ -239,6 +248,7 @@ def measure_latency(
         device=str(dev),
         spread=relative_iqr(medians),
         repeat_medians_s=medians,
+        channels_last=channels_last,
     )
 
 
@@ -252,6 +262,7 @@ def measure_model(
     checkpoint_path: str | os.PathLike | None = None,
     min_run_time: float = 1.0,
     repeats: int = REPEATS,
+    channels_last: bool = False,
 ) -> Measurement:
     """Parameters, MACs per image (`count_macs`), checkpoint size in bytes (None without
     `checkpoint_path`) and latency at each batch size (`measure_latency` with `min_run_time` seconds
@@ -264,7 +275,14 @@ def measure_model(
     _check_positive("repeats", repeats)
     latency = {
         n: measure_latency(
-            model, shape, n, device=device, threads=threads, min_run_time=min_run_time, repeats=repeats
+            model,
+            shape,
+            n,
+            device=device,
+            threads=threads,
+            min_run_time=min_run_time,
+            repeats=repeats,
+            channels_last=channels_last,
         )
         for n in sorted(set(batch_sizes))
     }

@@ -317,11 +317,12 @@ def test_measure_model_row():
         "params", "macs", "size_mb",
         "latency_b1_ms", "latency_b1_spread", "throughput_b1",
         "latency_b4_ms", "latency_b4_spread", "throughput_b4",
-        "threads", "device",
+        "threads", "device", "memory_format",
     ]  # fmt: skip
     assert row["size_mb"] is None
     assert row["threads"] == 1
     assert row["device"] == "cpu"
+    assert row["memory_format"] == "nchw"
     for n in (1, 4):
         assert row[f"latency_b{n}_ms"] == measured.latency[n].median_s * 1e3
         assert row[f"throughput_b{n}"] == n / measured.latency[n].median_s
@@ -465,3 +466,28 @@ def test_cli_report_table_fits_80_columns_with_batch_sizes_and_spreads(monkeypat
     flat = " ".join(text.split())
     for warning in latency_warnings(comparison_table(rows)):
         assert " ".join(warning.split()) in flat
+
+
+def test_channels_last_latency_times_a_channels_last_copy_and_leaves_the_model_alone():
+    import torch.nn.functional as F
+
+    seen = []
+
+    class Spy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+        def forward(self, x):
+            seen.append((x.is_contiguous(memory_format=torch.channels_last),
+                         self.conv.weight.is_contiguous(memory_format=torch.channels_last)))  # fmt: skip
+            return F.relu(self.conv(x)).mean((2, 3))
+
+    model = Spy()
+    latency = measure_latency(model, SHAPE, 2, min_run_time=FAST, channels_last=True)
+    assert latency.channels_last
+    assert seen and all(x_cl and w_cl for x_cl, w_cl in seen)
+    assert not model.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    seen.clear()
+    assert not measure_latency(model, SHAPE, 2, min_run_time=FAST).channels_last
+    assert seen and not any(x_cl for x_cl, _ in seen)

@@ -631,7 +631,7 @@ def _finish(
         f"{' → '.join(lineage)}; fine-tuned {job.finetune.epochs} epochs",
         *notes,
         "MACs: torch-pruning's counter, one image; latency: median of torch.utils.benchmark runs on "
-        f"{rows[0]['device']} with {rows[0]['threads']} threads; test_acc: full test split",
+        f"{rows[0]['device']} with {rows[0]['threads']} threads, channels_last; test_acc: full test split",
     ]
     write_report(table, out, f"{lineage[-1]} of {job.spec.name}", notes)
     config.model = ModelRecord(
@@ -675,6 +675,7 @@ def measure_row(
         checkpoint_path=path,
         min_run_time=bench_seconds,
         threads=threads,
+        channels_last=True,  # as compresskit runs every model (train.resolve_precision)
     )
     return {"model": name, **measured.to_row(), "test_acc": test_acc, "lineage": " → ".join(lineage)}
 

@@ -68,6 +68,8 @@ def report_run(
     table = comparison_table(rows)
     with staged_output(out, "report") as stage:
         notes = [f"{row['model']}: {ckpt.path}" for row, ckpt in zip(rows, loaded, strict=True)]
+        notes.append(f"latency: median of torch.utils.benchmark runs on {rows[0]['device']} with "
+                     f"{rows[0]['threads']} threads, models and inputs channels_last")  # fmt: skip
         write_report(table, stage, "model comparison", notes)
         plot_pareto(table, stage / "pareto.png", title="accuracy vs cost")
     return {"table": table, "files": [str(out / n) for n in ("report.csv", "report.md", "pareto.png")]}
