@@ -116,7 +116,7 @@ class FitResult:
     best_state: dict[str, torch.Tensor]
     best_epoch: int
     best_val_acc: float | None
-    stop_reason: str  # "epochs", "target", "patience" or "interrupted"
+    stop_reason: str  # "epochs", "target" or "patience"
     seconds: float = 0.0
 
 
@@ -460,30 +460,6 @@ def fit(
         stop_reason=stop_reason,
         seconds=spent + time.perf_counter() - start,
     )
-
-
-def fit_keeping_finished_epochs(model: nn.Module, train_loader, val_loader, cfg: TrainConfig,
-                                **kwargs) -> FitResult:  # fmt: skip
-    """`fit`, but Ctrl-C stops at once and returns the epochs finished so far (stop reason
-    ``interrupted``) instead of propagating."""
-    states: list[TrainingState] = []
-    user_hook = kwargs.pop("on_epoch", None)
-
-    def keep(state: TrainingState) -> None:
-        states[:] = [state]
-        if user_hook is not None:
-            user_hook(state)
-
-    try:
-        return fit(model, train_loader, val_loader, cfg, on_epoch=keep, **kwargs)
-    except KeyboardInterrupt:
-        progress = kwargs.get("progress") or Progress(enabled=False)
-        progress.log("interrupted: keeping the epochs finished so far")
-        if not states:
-            return FitResult([], _cpu_copy(model), 0, None, "interrupted")
-        last = states[0]
-        best = last.best_score if val_loader is not None and last.best_score >= 0 else None
-        return FitResult(last.history, last.best_state, last.best_epoch, best, "interrupted", last.seconds)
 
 
 def _improved(cfg: TrainConfig, row: dict, best: float | None) -> bool:
