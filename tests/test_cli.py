@@ -799,3 +799,29 @@ def test_cifar100_coarse_labels_train_evaluate_and_keep_their_label_set(tmp_path
     bad = invoke("train", "--dataset", "cifar10", "--labels", "coarse", "--out", tmp_path / "x")
     _check_one_line_error(bad, "--labels coarse is only available for cifar100")
     assert not (tmp_path / "x").exists()
+
+
+def test_the_attention_cnn_goes_through_analyze_prune_and_report(tmp_path):
+    run = tmp_path / "se"
+    fast = ["--bench-seconds", "0.02", "--quiet"]
+    trained = invoke("train", "--dataset", "synthetic", "--model", "cnn_se_bn", "--width", "0.5",
+                     "--epochs", "1", "--out", run, "--quiet")  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    analyzed = invoke("analyze", "--checkpoint", run, "--samples", "40", "--metrics", "csi", "--quiet")
+    assert analyzed.exit_code == 0, analyzed.output
+    assert pd.read_csv(run / "analysis" / "layers.csv")["layer"].tolist() == [
+        "block1",
+        "block2",
+        "block3",
+        "fc1",
+    ]
+    pruned = tmp_path / "se-pruned"
+    result = invoke(
+        "prune", "--checkpoint", run, "--out", pruned, "--ratio", "0.5", "--finetune-epochs", "1", *fast
+    )
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(pruned).spec.conv_widths == [8, 16, 32]
+    assert load_checkpoint(pruned).spec.se_reduction == 8
+    compared = invoke("report", run, pruned, "--out", tmp_path / "cmp", *fast)
+    assert compared.exit_code == 0, compared.output
+    assert pd.read_csv(tmp_path / "cmp" / "report.csv")["macs_reduction"].iloc[1] > 3
