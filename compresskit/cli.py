@@ -51,6 +51,7 @@ TtaName = _choices("TtaName", ("none", "flip", "flip-translate"))
 PrecisionName = _choices("PrecisionName", ("auto", "fp32", "bf16"))
 PatienceMetric = _choices("PatienceMetric", ("val_acc", "val_loss"))
 LabelSet = _choices("LabelSet", ("fine", "coarse"))
+InitName = _choices("InitName", ("kaiming", "torch"))
 
 
 def _version(value: bool) -> None:
@@ -192,6 +193,7 @@ def train(
     ),
     dropout: float = typer.Option(0.0, help="Dropout before the head's last linear layer."),
     global_pool: bool = typer.Option(False, help="Average-pool the last feature map before the head."),
+    init: InitName = typer.Option("kaiming", help="Initial weights: Kaiming, or PyTorch's layer defaults."),
     labels: LabelSet = typer.Option("fine", help="cifar100: 100 fine classes or 20 coarse superclasses."),
     val_fraction: float = typer.Option(0.1, help="Stratified share of train held out for validation."),
     augment: str | None = typer.Option(
@@ -259,7 +261,7 @@ def train(
             summary = train_run(
                 out,
                 ModelOptions(name=model.value, width=width, head=head.value, dropout=dropout,
-                             global_pool=global_pool),
+                             global_pool=global_pool, init=init.value),
                 DataOptions(dataset=dataset.value, data_dir=data_folder, download=download,
                             val_fraction=val_fraction, augment=augment, labels=labels.value),
                 cfg,

@@ -416,16 +416,24 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def build_model(spec: ModelSpec, *, seed: int | None = None) -> ConvNet:
-    """Build and Kaiming-initialise a model; with `seed`, the initial weights are reproducible."""
-    if seed is not None:
-        with torch.random.fork_rng(devices=[]):
+INITS = ("kaiming", "torch")
+
+
+def check_init(init: str) -> None:
+    if init not in INITS:
+        raise CompresskitError(f"--init '{init}' is not known; choose one of: {', '.join(INITS)}.")
+
+
+def build_model(spec: ModelSpec, *, seed: int | None = None, init: str = "kaiming") -> ConvNet:
+    """Build a model and initialise it: ``kaiming`` (`init_weights`) or ``torch`` (PyTorch's own
+    defaults for each layer, for comparison); with `seed`, the initial weights are reproducible."""
+    check_init(init)
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
             torch.manual_seed(seed)
-            model = ConvNet(spec)
+        model = ConvNet(spec)
+        if init == "kaiming":
             init_weights(model)
-        return model
-    model = ConvNet(spec)
-    init_weights(model)
     return model
 
 

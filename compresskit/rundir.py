@@ -299,6 +299,7 @@ class ModelRecord:
     global_pool: bool
     spec: dict
     parameters: int
+    init: str = "kaiming"  # how the weights were initialised (`models.INITS`)
 
 
 @dataclass

@@ -158,6 +158,8 @@ TRAIN_ERRORS = {
     "precision": (["--precision", "fp16"], "'fp16' is not one of 'auto', 'fp32', 'bf16'"),
     "patience-metric": (["--patience-metric", "train_loss"], "'train_loss' is not one of 'val_acc'"),
     "min-delta": (["--min-delta", "-1"], "--min-delta -1.0 must be 0 or more"),
+    "init": (["--init", "xavier"], "'xavier' is not one of 'kaiming', 'torch'"),
+    "init-layerwise": (["--init", "torch", "--layerwise"], "--init torch is for end-to-end training"),
 }
 
 
@@ -736,6 +738,7 @@ def test_fixed_choices_are_the_librarys_own():
     assert [m.value for m in cli.PrecisionName] == list(train.PRECISIONS)
     assert [m.value for m in cli.PatienceMetric] == list(train.PATIENCE_METRICS)
     assert [m.value for m in cli.LabelSet] == list(data.LABEL_SETS)
+    assert [m.value for m in cli.InitName] == list(models.INITS)
     assert [m.value for m in cli.ImportanceName] == list(prune.IMPORTANCES)
     no_data = [i for i in prune.IMPORTANCES if i not in prune.NEEDS_DATA]
     assert [m.value for m in cli.SensitivityImportance] == no_data

@@ -485,3 +485,20 @@ def test_cnn_se_trains_one_step():
     assert gate.down.weight.grad.abs().sum() > 0  # the gradient reaches the gate
     optimizer.step()
     assert not torch.equal(gate.down.weight, before)
+
+
+def test_torch_init_keeps_pytorchs_layer_defaults_and_kaiming_replaces_them():
+    spec = make_spec("vgg11", 10, width=0.25)
+    torch.manual_seed(3)
+    plain = ConvNet(spec)  # what PyTorch's constructors draw
+    default = build_model(spec, seed=3, init="torch")
+    kaiming = build_model(spec, seed=3)
+    for (name, a), b in zip(plain.state_dict().items(), default.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    conv = "features.0.0.weight"
+    assert not torch.equal(default.state_dict()[conv], kaiming.state_dict()[conv])
+    # Kaiming fan-out for a 3×3 conv with C_out channels: std = sqrt(2 / (9·C_out))
+    weight = kaiming.state_dict()[conv]
+    assert weight.std().item() == pytest.approx((2 / (9 * weight.shape[0])) ** 0.5, rel=0.25)
+    with pytest.raises(CompresskitError, match="--init 'xavier'"):
+        build_model(spec, init="xavier")

@@ -48,7 +48,7 @@ from compresskit.layerwise import (
     train_layerwise,
 )
 from compresskit.live import TENSORBOARD_DIR, TensorBoardLog
-from compresskit.models import ConvNet, ModelSpec, build_model, count_parameters, make_spec
+from compresskit.models import ConvNet, ModelSpec, build_model, check_init, count_parameters, make_spec
 from compresskit.plots import plot_stages, plot_training_curves
 from compresskit.progress import Progress
 from compresskit.rundir import (
@@ -87,6 +87,7 @@ class ModelOptions:
     head: str = "linear"
     dropout: float = 0.0
     global_pool: bool = False
+    init: str = "kaiming"  # or "torch": PyTorch's default initialisation
 
 
 @dataclass
@@ -144,10 +145,13 @@ def train_run(
     )
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
+    check_init(model_options.init)
     if layerwise is not None:
         layerwise.epochs_for(len(plan.conv_widths))
         if layerwise.aug_switch is not None:
             Augmentation.parse(layerwise.aug_switch[1])
+        if model_options.init != "kaiming":
+            raise CompresskitError("--init torch is for end-to-end training; --layerwise stages use Kaiming.")
     check_output(out, "train", overwrite=overwrite)
     data = load_dataset(
         data_options.dataset,
@@ -158,7 +162,7 @@ def train_run(
     spec = _model_spec(model_options, num_classes=data.num_classes, in_channels=data.channels)
     if layerwise is not None:
         spec = stage_spec(spec, len(spec.conv_widths))
-    model = build_model(spec, seed=cfg.seed)
+    model = build_model(spec, seed=cfg.seed, init=model_options.init)
     config = RunConfig(
         command="train",
         model=ModelRecord(**asdict(model_options), spec=spec.to_dict(), parameters=count_parameters(model)),
