@@ -20,32 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
+from plan import compresskit, start_or_resume
 
 from compresskit.plots import plt, save_figure
 from compresskit.report import markdown_table
-
-
-def compresskit(*args: str) -> None:
-    command = [sys.executable, "-m", "compresskit", *args]
-    print("$ compresskit " + " ".join(args), flush=True)
-    subprocess.run(command, check=True)
-
-
-def train_or_resume(run: Path, flags: list[str], data: list[str]) -> None:
-    """Start `run`, resume it when it stopped, skip it when it finished."""
-    try:
-        state = json.loads((run / "run.json").read_text())["state"]
-    except (OSError, ValueError, KeyError):
-        state = "none"
-    if state == "none":
-        compresskit("train", *flags, "--out", str(run))
-    elif state != "finished":
-        compresskit("train", "--resume", str(run), *data, "--quiet")
 
 
 def main() -> None:
@@ -85,7 +66,7 @@ def main() -> None:
     rows, csi = [], {}
     for name, (folder, extra) in runs.items():
         run = out / folder
-        train_or_resume(run, [*common, *extra], data)
+        start_or_resume(run, "train", [*common, *extra], data)
         if not (run / "analysis" / "layers.csv").is_file():
             compresskit("analyze", "--checkpoint", str(run), "--metrics", "csi", "--samples", "1000", *data,
                         "--quiet")  # fmt: skip

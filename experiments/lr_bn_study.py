@@ -17,31 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
+from plan import start_or_resume
 
 from compresskit.plots import plt, save_figure
 from compresskit.report import markdown_table
-
-
-def compresskit(*args: str) -> None:
-    print("$ compresskit " + " ".join(args), flush=True)
-    subprocess.run([sys.executable, "-m", "compresskit", *args], check=True)
-
-
-def train_or_resume(run: Path, flags: list[str], data: list[str]) -> None:
-    """Start `run`, resume it when it stopped, skip it when it finished."""
-    try:
-        state = json.loads((run / "run.json").read_text())["state"]
-    except (OSError, ValueError, KeyError):
-        state = "none"
-    if state == "none":
-        compresskit("train", *flags, "--out", str(run), "--quiet")
-    elif state != "finished":
-        compresskit("train", "--resume", str(run), *data, "--quiet")
 
 
 def main() -> None:
@@ -66,7 +48,7 @@ def main() -> None:
     for model, lr, init in runs:
         name = f"{model}-lr{lr}" + ("-torch-init" if init == "torch" else "")
         run = out / name
-        train_or_resume(run, [*common, "--model", model, "--lr", lr, "--init", init], data)
+        start_or_resume(run, "train", [*common, "--model", model, "--lr", lr, "--init", init], data)
         summary = json.loads((run / "summary.json").read_text())
         history = pd.read_csv(run / "history.csv")
         curves[name] = history

@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
+from plan import start_or_resume
 
 from compresskit.plots import plt, save_figure
 from compresskit.report import markdown_table
@@ -91,29 +90,6 @@ STAGES = {  # name: (folder, flags)
 }
 
 
-def compresskit(*args: str) -> None:
-    print("$ compresskit " + " ".join(args), flush=True)
-    subprocess.run([sys.executable, "-m", "compresskit", *args], check=True)
-
-
-def state_of(run: Path) -> str:
-    try:
-        return json.loads((run / "run.json").read_text())["state"]
-    except (OSError, ValueError, KeyError):
-        return "none"
-
-
-def step(run: Path, command: str, *flags: str, data: list[str]) -> None:
-    """Start `run`, resume it when it stopped, skip it when it finished."""
-    state = state_of(run)
-    if state == "finished":
-        print(f"{run}: finished", flush=True)
-    elif state == "none":
-        compresskit(command, *flags, "--out", str(run), "--quiet")
-    else:
-        compresskit(command, "--resume", str(run), *data, "--quiet")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default="data")
@@ -128,19 +104,8 @@ def main() -> None:
     rows, histories = [], {}
     for name, (folder, flags) in STAGES.items():
         run = out / folder
-        step(
-            run,
-            "train",
-            "--dataset",
-            args.dataset,
-            *data,
-            "--epochs",
-            args.epochs,
-            "--seed",
-            "0",
-            *flags,
-            data=data,
-        )
+        flags = ["--dataset", args.dataset, *data, "--epochs", args.epochs, "--seed", "0", *flags]
+        start_or_resume(run, "train", flags, data)
         summary = json.loads((run / "summary.json").read_text())
         histories[name] = pd.read_csv(run / "history.csv")
         rows.append(
@@ -155,24 +120,9 @@ def main() -> None:
             }
         )
     pruned = out / "advanced-pruned-r0.5"
-    step(
-        pruned,
-        "prune",
-        "--checkpoint",
-        str(out / "advanced"),
-        "--ratio",
-        "0.5",
-        "--importance",
-        "l1",
-        "--finetune-epochs",
-        args.finetune_epochs,
-        "--optimizer",
-        "adamw",
-        "--lr",
-        "0.0005",
-        *data,
-        data=data,
-    )
+    prune_flags = ["--checkpoint", str(out / "advanced"), "--ratio", "0.5", "--importance", "l1",
+                   "--finetune-epochs", args.finetune_epochs, "--optimizer", "adamw", "--lr", "0.0005", *data]
+    start_or_resume(pruned, "prune", prune_flags, data)
     summary = json.loads((pruned / "summary.json").read_text())
     rows.append(
         {
