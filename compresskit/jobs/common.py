@@ -127,7 +127,6 @@ class EpochRecorder:
     ) -> None:
         self.folder, self.spec, self.model, self.meta, self.title = Path(folder), spec, model, meta, title
         self.before, self.extra = list(before or []), dict(extra or {})
-        self.rows: list[dict] = list(self.before)
 
     def combined(self, history: list[dict]) -> list[dict]:
         """The run's whole history: earlier rows, then `history` renumbered after them."""
@@ -142,9 +141,9 @@ class EpochRecorder:
             {**self.meta, "epoch": state.epoch, "history_before": self.before},
             training=state.to_dict(),
         )
-        self.rows = self.combined(state.history)
-        write_history(self.folder / "history.csv", self.rows)
-        plot_training_curves(pd.DataFrame(self.rows), self.folder / "curves.png", title=self.title)
+        rows = self.combined(state.history)
+        write_history(self.folder / "history.csv", rows)
+        plot_training_curves(pd.DataFrame(rows), self.folder / "curves.png", title=self.title)
 
 
 @contextmanager

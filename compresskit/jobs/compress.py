@@ -24,7 +24,13 @@ import pandas as pd
 import torch
 
 from compresskit.analysis.layers import block_csi
-from compresskit.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, save_checkpoint
+from compresskit.checkpoint import (
+    CHECKPOINT_NAME,
+    Checkpoint,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from compresskit.compress.depth import choose_depth, truncate
 from compresskit.compress.lowrank import LowRankConfig, factorize
 from compresskit.compress.prune import ChannelPruner, PruneConfig, as_batches, csi_allocation, rebuild
@@ -160,19 +166,17 @@ def open_job(checkpoint: str | Path, finetune: TrainConfig, options: JobOptions)
         where=where,
     )
     model = source.build(device)
-    original_acc = evaluate(model, test, device, precision=resolve_precision(finetune.precision, device))[1]
-    return CompressionJob(
-        source, source_config, model, data, train, val, test, device, finetune, original_acc, options
-    )
+    job = CompressionJob(source, source_config, model, data, train, val, test, device, finetune, 0.0, options)
+    job.original_acc = job.accuracy(model)
+    return job
 
 
-def _check_out(out: Path, command: str, options: JobOptions, checkpoint: str | Path) -> None:
-    from compresskit.checkpoint import resolve_checkpoint
-
+def _inputs(options: JobOptions, checkpoint: str | Path) -> list[Path]:
+    """What a compression job reads, so that its --out may never be or hold any of it."""
     inputs = [resolve_checkpoint(checkpoint)]
     if options.data_dir is not None:
         inputs.append(Path(options.data_dir))
-    check_output(out, command, overwrite=options.overwrite, inputs=inputs)
+    return inputs
 
 
 def _run_config(
@@ -231,7 +235,7 @@ def prune_run(
     options = options or JobOptions()
     cfg.validate()
     _check_calibration(cfg, calibration_samples)
-    _check_out(out, "prune", options, checkpoint)
+    check_output(out, "prune", overwrite=options.overwrite, inputs=_inputs(options, checkpoint))
     job = open_job(checkpoint, finetune, options)
     pruner, layer_ratios = _pruner(job, cfg, calibration_samples, progress)
     widths = pruner.step()
@@ -244,7 +248,7 @@ def prune_run(
         "calibration_samples": calibration_samples,
     }
     config = _run_config(job, "prune", compressed_spec, compressed, compression, step)
-    create_output(out, "prune", overwrite=options.overwrite, inputs=[job.source.path])
+    create_output(out, "prune", overwrite=options.overwrite, inputs=_inputs(options, checkpoint))
     write_config(out, config)
     with recording_state(out):
         return _prune_steps(out, config, job, cfg, pruner, progress, resume=None)
@@ -395,7 +399,7 @@ def lowrank_run(
     out = Path(out)
     options = options or JobOptions()
     cfg.validate()
-    _check_out(out, "lowrank", options, checkpoint)
+    check_output(out, "lowrank", overwrite=options.overwrite, inputs=_inputs(options, checkpoint))
     job = open_job(checkpoint, finetune, options)
     model, spec, plans = factorize(job.model, job.spec, cfg)
     plan_table = pd.DataFrame([asdict(plan) for plan in plans])
@@ -417,7 +421,7 @@ def lowrank_run(
         {"lowrank": cfg.to_dict(), "factorized": done, "left_alone": left_alone},
         f"lowrank {how} ({cfg.layers})",
     )
-    create_output(out, "lowrank", overwrite=options.overwrite, inputs=[job.source.path])
+    create_output(out, "lowrank", overwrite=options.overwrite, inputs=_inputs(options, checkpoint))
     write_config(out, config)
     with recording_state(out):
         plan_table.to_csv(out / "ranks.csv", index=False)
@@ -445,7 +449,7 @@ def depth_run(
         raise CompresskitError(f"--samples {samples} must be a positive integer.")
     if keep_blocks is not None and keep_blocks < 1:
         raise CompresskitError(f"--keep-blocks {keep_blocks} would remove every block; keep at least 1.")
-    _check_out(out, "depth", options, checkpoint)
+    check_output(out, "depth", overwrite=options.overwrite, inputs=_inputs(options, checkpoint))
     job = open_job(checkpoint, finetune, options)
     csi, input_csi = block_csi(job.model, job.test_batches(samples))
     keep, gains = choose_depth(
@@ -482,7 +486,7 @@ def depth_run(
         },
         f"depth {keep} blocks ({rule})",
     )
-    create_output(out, "depth", overwrite=options.overwrite, inputs=[job.source.path])
+    create_output(out, "depth", overwrite=options.overwrite, inputs=_inputs(options, checkpoint))
     write_config(out, config)
     with recording_state(out):
         table.to_csv(out / "depth.csv", index=False)
@@ -583,7 +587,8 @@ def _finish(
     and ``summary.json``. `final` is the fine-tuned model (last epoch). Returns the summary."""
     compressed_model, spec = compressed
     final_spec = spec  # fine-tuning keeps the compressed architecture
-    compressed_acc = job.accuracy(compressed_model)
+    # evaluated when <label>.pt was saved, before fine-tuning (perhaps by the run that stopped)
+    compressed_acc = load_checkpoint(out / f"{label}.pt").meta["test_acc"]
     write_history(out / "history.csv", history)
     last = load_checkpoint(out / LAST_NAME) if (out / LAST_NAME).is_file() else None
     save_checkpoint(
