@@ -5,7 +5,7 @@ Every model is a `ConvNet`: ``features`` (a `nn.Sequential` of conv blocks — e
 followed by ``head``. A `ModelSpec` lists every conv layer's output channels, so pruned networks
 with arbitrary per-layer widths rebuild exactly from the spec alone, with no pickled code.
 
-The attention CNNs (``cnn_se``, ``cnn_se_bn``) are the ``cnn`` plan with a squeeze-and-excitation
+The attention CNNs (``cnn_se``, ``cnn_se_bn``) are the ``cnn_deep`` plan with a squeeze-and-excitation
 gate (`SqueezeExcite`) closing every conv block; its bottleneck width follows from the block's
 width and ``ModelSpec.se_reduction`` (`se_width`), so it needs no entry of its own in the spec.
 
@@ -36,10 +36,12 @@ VGG_LAYERS: dict[str, list[int | str]] = {
               512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
     # The reference studies' conv-relu-pool "sandwich" baseline: three conv + pool stages.
     "cnn": [32, "M", 64, "M", 128, "M"],
+    # The staged study's "deeper" intermediate network: two conv layers before each pool.
+    "cnn_deep": [32, 32, "M", 64, 64, "M", 128, 128, "M"],
 }  # fmt: skip
 # Attention models: a channel plan of VGG_LAYERS with a squeeze-and-excitation gate in every conv
 # block, reducing by SE_REDUCTION.
-SE_MODELS: dict[str, str] = {"cnn_se": "cnn"}
+SE_MODELS: dict[str, str] = {"cnn_se": "cnn_deep"}
 SE_REDUCTION = 8
 SE_MIN_WIDTH = 4
 HEADS = ("linear", "mlp")

@@ -812,18 +812,14 @@ def test_the_attention_cnn_goes_through_analyze_prune_and_report(tmp_path):
     assert trained.exit_code == 0, trained.output
     analyzed = invoke("analyze", "--checkpoint", run, "--samples", "40", "--metrics", "csi", "--quiet")
     assert analyzed.exit_code == 0, analyzed.output
-    assert pd.read_csv(run / "analysis" / "layers.csv")["layer"].tolist() == [
-        "block1",
-        "block2",
-        "block3",
-        "fc1",
-    ]
+    blocks = [f"block{i}" for i in range(1, 7)]
+    assert pd.read_csv(run / "analysis" / "layers.csv")["layer"].tolist() == [*blocks, "fc1"]
     pruned = tmp_path / "se-pruned"
     result = invoke(
         "prune", "--checkpoint", run, "--out", pruned, "--ratio", "0.5", "--finetune-epochs", "1", *fast
     )
     assert result.exit_code == 0, result.output
-    assert load_checkpoint(pruned).spec.conv_widths == [8, 16, 32]
+    assert load_checkpoint(pruned).spec.conv_widths == [8, 8, 16, 16, 32, 32]
     assert load_checkpoint(pruned).spec.se_reduction == 8
     compared = invoke("report", run, pruned, "--out", tmp_path / "cmp", *fast)
     assert compared.exit_code == 0, compared.output

@@ -38,7 +38,7 @@ def _conv(cin: int, cout: int, bn: bool) -> int:
 def test_model_names_cover_every_family():
     assert set(MODEL_NAMES) == {
         "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn",
-        "vgg19", "vgg19_bn", "cnn", "cnn_bn", "cnn_se", "cnn_se_bn",
+        "vgg19", "vgg19_bn", "cnn", "cnn_bn", "cnn_deep", "cnn_deep_bn", "cnn_se", "cnn_se_bn",
     }  # fmt: skip
 
 
@@ -382,27 +382,29 @@ def _se_widths(model: ConvNet) -> list[tuple[int, int]]:
     return [(m.up.out_features, m.down.out_features) for m in model.modules() if isinstance(m, SqueezeExcite)]
 
 
-def test_cnn_se_specs_follow_the_cnn_plan_and_width():
+def test_cnn_se_specs_follow_the_deeper_cnn_plan_and_width():
     full = make_spec("cnn_se", 10)
-    assert full.layers == make_spec("cnn", 10).layers == [32, "M", 64, "M", 128, "M"]
+    assert make_spec("cnn", 10).layers == [32, "M", 64, "M", 128, "M"]
+    assert full.layers == make_spec("cnn_deep", 10).layers == [32, 32, "M", 64, 64, "M", 128, 128, "M"]
     assert (full.se_reduction, full.batch_norm) == (8, False)
     half = make_spec("cnn_se_bn", 10, width=0.5)
-    assert (half.layers, half.se_reduction, half.batch_norm) == ([16, "M", 32, "M", 64, "M"], 8, True)
-    assert _se_widths(ConvNet(full)) == [(32, 4), (64, 8), (128, 16)]
-    assert _se_widths(ConvNet(half)) == [(16, 4), (32, 4), (64, 8)]
+    assert (half.layers, half.se_reduction, half.batch_norm) == ([16, 16, "M", 32, 32, "M", 64, 64, "M"], 8, True)
+    assert _se_widths(ConvNet(full)) == [(32, 4), (32, 4), (64, 8), (64, 8), (128, 16), (128, 16)]
+    assert _se_widths(ConvNet(half)) == [(16, 4), (16, 4), (32, 4), (32, 4), (64, 8), (64, 8)]
     for name in MODEL_NAMES:
         assert (make_spec(name).se_reduction is not None) == ("_se" in name)
         assert bool(_se_widths(ConvNet(make_spec(name, width=0.125)))) == ("_se" in name)
 
 
 def test_cnn_se_bn_parameter_count():
-    # cnn_bn's convs, then per block of C channels an SE of h = max(C // 8, 4): C·h + h + h·C + C.
-    convs = _conv(3, 32, bn=True) + _conv(32, 64, bn=True) + _conv(64, 128, bn=True)
-    se = sum(2 * c * h + h + c for c, h in [(32, 4), (64, 8), (128, 16)])
-    assert se == 292 + 1_096 + 4_240
+    # cnn_deep_bn's convs, then per block of C channels an SE of h = max(C // 8, 4): C·h + h + h·C + C.
+    pairs = [(3, 32), (32, 32), (32, 64), (64, 64), (64, 128), (128, 128)]
+    convs = sum(_conv(i, o, bn=True) for i, o in pairs)
+    se = sum(2 * c * h + h + c for c, h in [(32, 4), (32, 4), (64, 8), (64, 8), (128, 16), (128, 16)])
+    assert se == 2 * (292 + 1_096 + 4_240)
     head = 128 * 4 * 4 * 10 + 10
     assert _params(ConvNet(make_spec("cnn_se_bn", 10))) == convs + se + head
-    assert _params(ConvNet(make_spec("cnn_se_bn", 10))) - _params(ConvNet(make_spec("cnn_bn", 10))) == se
+    assert _params(ConvNet(make_spec("cnn_se_bn", 10))) - _params(ConvNet(make_spec("cnn_deep_bn", 10))) == se
 
 
 def test_cnn_se_spec_round_trip_reloads_the_same_weights_and_outputs():
@@ -442,15 +444,16 @@ def test_named_blocks_of_cnn_se_leave_the_gates_inside_their_blocks():
     model = build_model(make_spec("cnn_se_bn", 10, width=0.5), seed=0)
     blocks = model.named_blocks()
     assert [(b.name, b.path) for b in blocks] == [
-        ("block1", "features.0"), ("pool1", "features.1"), ("block2", "features.2"),
-        ("pool2", "features.3"), ("block3", "features.4"), ("pool3", "features.5"), ("fc1", "head.1"),
+        ("block1", "features.0"), ("block2", "features.1"), ("pool1", "features.2"),
+        ("block3", "features.3"), ("block4", "features.4"), ("pool2", "features.5"),
+        ("block5", "features.6"), ("block6", "features.7"), ("pool3", "features.8"), ("fc1", "head.1"),
     ]  # fmt: skip
     assert [b.module.out_features for b in model.named_blocks("fc")] == [10]
     for block in model.named_blocks("block"):
         assert isinstance(block.layer, torch.nn.Conv2d) and block.layer_path == f"{block.path}.0"
         assert isinstance(block.module[-1], SqueezeExcite)
     names = [layer.name for layer in select_layers(model, "blocks")]
-    assert names == ["block1", "block2", "block3", "fc1"]
+    assert names == ["block1", "block2", "block3", "block4", "block5", "block6", "fc1"]
 
 
 def test_capturing_a_cnn_se_block_gives_the_gated_output_the_next_layer_sees():
@@ -466,7 +469,8 @@ def test_capturing_a_cnn_se_block_gives_the_gated_output_the_next_layer_sees():
             capture_pools.forward(model, x)
     assert torch.equal(capture.outputs["block1"], gated)
     assert not torch.allclose(capture.outputs["block1"], activated)  # the gate does scale it
-    assert torch.equal(capture_pools.outputs["pool1"], torch.nn.functional.max_pool2d(gated, 2))
+    pooled = torch.nn.functional.max_pool2d(capture.outputs["block2"], 2)
+    assert torch.equal(capture_pools.outputs["pool1"], pooled)
 
 
 def test_cnn_se_trains_one_step():

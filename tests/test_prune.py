@@ -336,7 +336,7 @@ def _se_widths(model) -> list[tuple[int, int, int]]:
 
 @pytest.mark.parametrize("steps", [1, 2])
 def test_pruning_cnn_se_bn_halves_the_convs_and_its_gates_follow(steps):
-    model, spec = se_cnn(width=0.5)  # 16, 32, 64 channels; gates 4, 4, 8 wide
+    model, spec = se_cnn(width=0.5)  # 16, 16, 32, 32, 64, 64 channels; gates 4, 4, 4, 4, 8, 8 wide
     x = torch.randn(3, 3, 32, 32)
     work = build_model(spec)
     work.load_state_dict(model.state_dict())
@@ -345,14 +345,14 @@ def test_pruning_cnn_se_bn_halves_the_convs_and_its_gates_follow(steps):
     for _ in range(steps):
         widths = pruner.step()
         assert all(b == max(c // 8, 4) for c, b, _ in _se_widths(work))  # after every step
-    assert widths == [8, 16, 32]
-    assert _se_widths(work) == [(8, 4, 8), (16, 4, 16), (32, 4, 32)]
+    assert widths == [8, 8, 16, 16, 32, 32]
+    assert _se_widths(work) == [(8, 4, 8), (8, 4, 8), (16, 4, 16), (16, 4, 16), (32, 4, 32), (32, 4, 32)]
     with torch.no_grad():
         expected = work(x)
     assert expected.shape == (3, 10)
 
     fresh, new = rebuild(work, spec)
-    assert new.conv_widths == [8, 16, 32] and new.se_reduction == 8 and new.batch_norm
+    assert new.conv_widths == [8, 8, 16, 16, 32, 32] and new.se_reduction == 8 and new.batch_norm
     again = ConvNet(ModelSpec.from_dict(json.loads(json.dumps(new.to_dict()))))
     again.load_state_dict(fresh.state_dict())
     again.eval()
@@ -383,14 +383,14 @@ def test_every_way_of_pruning_cnn_se_bn_gives_a_model_its_spec_rebuilds(cfg, bat
 
 
 def test_a_gate_loses_the_same_channels_as_its_conv_and_dead_ones_change_nothing():
-    # Full width: block1 32 channels (gate 4), block3 128 channels (gate 16). Zero 2 channels of
-    # block1 and 8 of block3 (conv + BN, so their activation is 0, and their gate weights, so their
+    # Full width: block1 32 channels (gate 4), block5 128 channels (gate 16). Zero 2 channels of
+    # block1 and 8 of block5 (conv + BN, so their activation is 0, and their gate weights, so their
     # L1 group magnitude is 0) and prune exactly those: the gates must lose the same channels
     # (down's inputs, up's outputs), block1's gate keeps its 4 units (max(30 // 8, 4)) and
-    # block3's drops to 15 (120 // 8): its unit 5 is made the one of smallest magnitude and does
+    # block5's drops to 15 (120 // 8): its unit 5 is made the one of smallest magnitude and does
     # nothing (zero weights), so the outputs must not change.
     model, spec = se_cnn(width=1.0)
-    dead = {0: [1, 5], 2: [0, 3, 7, 20, 64, 65, 100, 127]}
+    dead = {0: [1, 5], 4: [0, 3, 7, 20, 64, 65, 100, 127]}
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     gates = _gates(model)
@@ -402,17 +402,17 @@ def test_a_gate_loses_the_same_channels_as_its_conv_and_dead_ones_change_nothing
             gates[layer].down.weight[:, channels] = 0
             gates[layer].up.weight[channels] = 0
             gates[layer].up.bias[channels] = 0
-        gates[2].down.weight[5] = 0
-        gates[2].down.bias[5] = 0
-        gates[2].up.weight[:, 5] = 0
+        gates[4].down.weight[5] = 0
+        gates[4].down.bias[5] = 0
+        gates[4].up.weight[:, 5] = 0
     ratios = [len(dead.get(i, [])) / w for i, w in enumerate(spec.conv_widths)]
     pruned, new = prune_copy(model, spec, PruneConfig(ratio=0.5, importance="l1"), layer_ratios=ratios)
-    assert new.conv_widths == [30, 64, 120]
-    assert _se_widths(pruned) == [(30, 4, 30), (64, 8, 64), (120, 15, 120)]
+    assert new.conv_widths == [30, 32, 64, 64, 120, 128]
+    assert _se_widths(pruned) == [(30, 4, 30), (32, 4, 32), (64, 8, 64), (64, 8, 64), (120, 15, 120), (128, 16, 128)]
     new_gates = _gates(pruned)
     for layer, channels in dead.items():
         alive = [c for c in range(spec.conv_widths[layer]) if c not in channels]
-        units = [u for u in range(gates[layer].down.out_features) if layer != 2 or u != 5]
+        units = [u for u in range(gates[layer].down.out_features) if layer != 4 or u != 5]
         torch.testing.assert_close(
             new_gates[layer].down.weight, gates[layer].down.weight[units][:, alive], rtol=0, atol=0
         )
@@ -425,17 +425,17 @@ def test_a_gate_loses_the_same_channels_as_its_conv_and_dead_ones_change_nothing
 
 def test_fit_se_gates_keeps_the_units_of_largest_magnitude_and_pruned_spec_checks_them():
     model, spec = se_cnn(width=1.0)
-    gate = model.features[4][3]  # 128 channels, 16 units
+    gate = model.features[6][3]  # block5: 128 channels, 16 units
     with torch.no_grad():
         gate.down.bias.copy_(torch.arange(16.0) / 100)  # tells the kept units apart
         gate.down.weight[::2] *= 0.01  # the even units are the weakest
         gate.up.weight[:, ::2] *= 0.01
     ChannelPruner(model, PruneConfig(ratio=0.5), torch.zeros(1, 3, 32, 32)).pruner.step()  # without fitting
-    assert _se_widths(model)[2] == (64, 16, 64)
+    assert _se_widths(model)[4] == (64, 16, 64)
     with pytest.raises(CompresskitError, match="fit_se_gates"):
         rebuild(model, spec)
     fit_se_gates(model)
-    assert _se_widths(model) == [(16, 4, 16), (32, 4, 32), (64, 8, 64)]
+    assert _se_widths(model) == [(16, 4, 16), (16, 4, 16), (32, 4, 32), (32, 4, 32), (64, 8, 64), (64, 8, 64)]
     torch.testing.assert_close(gate.down.bias, torch.arange(1.0, 16.0, 2) / 100, rtol=0, atol=0)
     rebuild(model, spec)
 
