@@ -30,8 +30,9 @@ def main() -> None:
     args = parser.parse_args()
     run = Path(args.out)
     data = ["--data-dir", args.data_dir, "--no-download"]
-    flags = ["--dataset", "cifar100", "--labels", args.labels, *data, "--model", "vgg16_bn", "--width", args.width,
-             "--global-pool", "--head", "mlp", "--dropout", "0.5", "--optimizer", "sgd", "--momentum", "0.9",
+    flags = ["--dataset", "cifar100", "--labels", args.labels, *data, "--model", "vgg16_bn",
+             "--width", args.width, "--global-pool", "--head", "mlp", "--dropout", "0.5",
+             "--optimizer", "sgd", "--momentum", "0.9",
              "--weight-decay", "5e-4", "--schedule", "onecycle", "--lr", "0.1", "--batch-size", "128",
              "--augment", "crop=4,flip", "--epochs", args.epochs, "--seed", "0"]  # fmt: skip
     start_or_resume(run, "train", flags, data)

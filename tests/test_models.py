@@ -388,7 +388,11 @@ def test_cnn_se_specs_follow_the_deeper_cnn_plan_and_width():
     assert full.layers == make_spec("cnn_deep", 10).layers == [32, 32, "M", 64, 64, "M", 128, 128, "M"]
     assert (full.se_reduction, full.batch_norm) == (8, False)
     half = make_spec("cnn_se_bn", 10, width=0.5)
-    assert (half.layers, half.se_reduction, half.batch_norm) == ([16, 16, "M", 32, 32, "M", 64, 64, "M"], 8, True)
+    assert (half.layers, half.se_reduction, half.batch_norm) == (
+        [16, 16, "M", 32, 32, "M", 64, 64, "M"],
+        8,
+        True,
+    )
     assert _se_widths(ConvNet(full)) == [(32, 4), (32, 4), (64, 8), (64, 8), (128, 16), (128, 16)]
     assert _se_widths(ConvNet(half)) == [(16, 4), (16, 4), (32, 4), (32, 4), (64, 8), (64, 8)]
     for name in MODEL_NAMES:

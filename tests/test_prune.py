@@ -408,7 +408,14 @@ def test_a_gate_loses_the_same_channels_as_its_conv_and_dead_ones_change_nothing
     ratios = [len(dead.get(i, [])) / w for i, w in enumerate(spec.conv_widths)]
     pruned, new = prune_copy(model, spec, PruneConfig(ratio=0.5, importance="l1"), layer_ratios=ratios)
     assert new.conv_widths == [30, 32, 64, 64, 120, 128]
-    assert _se_widths(pruned) == [(30, 4, 30), (32, 4, 32), (64, 8, 64), (64, 8, 64), (120, 15, 120), (128, 16, 128)]
+    assert _se_widths(pruned) == [
+        (30, 4, 30),
+        (32, 4, 32),
+        (64, 8, 64),
+        (64, 8, 64),
+        (120, 15, 120),
+        (128, 16, 128),
+    ]
     new_gates = _gates(pruned)
     for layer, channels in dead.items():
         alive = [c for c in range(spec.conv_widths[layer]) if c not in channels]
