@@ -124,6 +124,37 @@ def plot_most_confused(table: pd.DataFrame, path: str | Path, title: str = "") -
     return save_figure(fig, path)
 
 
+def plot_per_class_recall(per_class: pd.DataFrame, path: str | Path, title: str = "") -> Path:
+    """Write `per_class_recall_figure` to `path`."""
+    return save_figure(per_class_recall_figure(per_class, title), path)
+
+
+def per_class_recall_figure(per_class: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Recall of every class as one horizontal bar, sorted from the best recalled class on top to
+    the worst; `per_class` has the columns ``class`` and ``recall`` (in [0, 1]) of
+    `evaluation.ClassificationReport.per_class`. A dotted line marks the mean (macro) recall. Past
+    20 classes the rows shrink to 0.12 in, so 100 classes still name every class. The caller closes
+    the figure."""
+    table = per_class.sort_values("recall", ascending=False, kind="stable")
+    n = len(table)
+    row = 0.28 if n <= ANNOTATE_MAX_CLASSES else 0.12
+    fontsize = 8.0 if n <= ANNOTATE_MAX_CLASSES else 5.5
+    fig, ax = plt.subplots(figsize=(6.5, max(2.0, row * n + 1.0)))
+    y = np.arange(n)
+    ax.barh(y, table["recall"], color="tab:blue", height=0.8)
+    ax.set_yticks(y, labels=[str(name) for name in table["class"]], fontsize=fontsize)
+    ax.set_ylim(n - 0.5, -0.5)
+    if n:
+        ax.axvline(float(table["recall"].mean()), color="black", ls=":", label="mean recall")
+        ax.legend(fontsize=7, loc="lower right")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("recall (share of the class's test images predicted as that class)")
+    ax.grid(axis="x", alpha=0.3)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
 def plot_separation(table: pd.DataFrame, path: str | Path, title: str = "") -> Path:
     """CSI, SI and probe accuracy across layers, train vs test: one panel per metric present in
     `table` (the columns ``<metric>_train`` / ``<metric>_test`` of the analysis layer table)."""

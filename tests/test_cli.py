@@ -83,8 +83,10 @@ def test_quiet_prints_no_progress(trained_run):
 def test_evaluate_writes_reports_that_agree(trained_run):
     run, _, evaluation = trained_run
     folder = run / "evaluation"
-    for name in ("evaluation.json", "per_class.csv", "confusion.png", "confusion.csv", "most_confused.csv"):
+    for name in ("evaluation.json", "per_class.csv", "confusion.csv", "most_confused.csv"):
         assert (folder / name).is_file(), name
+    for name in ("confusion.png", "most_confused.png", "recall.png"):
+        assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     assert json.loads((folder / "run.json").read_text())["command"] == "evaluate"
     result = json.loads((folder / "evaluation.json").read_text())
     summary = json.loads((run / "summary.json").read_text())

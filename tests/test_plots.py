@@ -9,7 +9,12 @@ import pandas as pd
 import pytest
 
 from compresskit.errors import CompresskitError
-from compresskit.plots import confusion_figure, plot_confusion_matrix, plot_most_confused
+from compresskit.plots import (
+    confusion_figure,
+    per_class_recall_figure,
+    plot_confusion_matrix,
+    plot_most_confused,
+)
 
 CIFAR100_CLASSES = [
     "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
@@ -112,3 +117,19 @@ def test_plot_most_confused(tmp_path):
     assert path.read_bytes()[:8] == PNG_MAGIC
     empty = plot_most_confused(table.iloc[:0], tmp_path / "none.png")
     assert empty.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_recall_figure_names_every_class_best_first():
+    rng = np.random.default_rng(0)
+    recall = rng.random(100)
+    table = pd.DataFrame({"class": CIFAR100_CLASSES, "recall": recall})
+    fig = per_class_recall_figure(table, title="recall")
+    ax = fig.axes[0]
+    names = [t.get_text() for t in ax.get_yticklabels()]
+    order = np.argsort(-recall, kind="stable")
+    assert names == [CIFAR100_CLASSES[i] for i in order]
+    widths = [bar.get_width() for bar in ax.patches]
+    assert widths == pytest.approx(recall[order].tolist())
+    assert ax.lines[0].get_xdata()[0] == pytest.approx(recall.mean())
+    assert fig.get_figheight() >= 0.12 * 100  # a row per class that a 5.5 pt name fits
+    plt.close(fig)

@@ -1,6 +1,7 @@
-"""The evaluate job: test accuracy, per-class precision/recall/F1, confusion matrix and the most
-confused class pairs of a checkpoint, into ``RUN/evaluation/`` (a folder replaced as a whole,
-never half-written, and only when it is evaluate's own earlier output)."""
+"""The evaluate job: test accuracy, per-class precision/recall/F1, confusion matrix, the most
+confused class pairs (table and figure) and a per-class recall figure of a checkpoint, into
+``RUN/evaluation/`` (a folder replaced as a whole, never half-written, and only when it is
+evaluate's own earlier output)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,20 @@ from compresskit.data import Loader
 from compresskit.errors import CompresskitError
 from compresskit.evaluation import classification_report
 from compresskit.jobs.common import open_checkpoint
-from compresskit.plots import plot_confusion_matrix
+from compresskit.plots import plot_confusion_matrix, plot_most_confused, plot_per_class_recall
 from compresskit.rundir import check_derived_folder, staged_output, write_json
 from compresskit.train import check_tta, predict, resolve_device, resolve_precision
 
 FOLDER = "evaluation"
-FILES = ("evaluation.json", "per_class.csv", "most_confused.csv", "confusion.csv", "confusion.png")
+FILES = (
+    "evaluation.json",
+    "per_class.csv",
+    "most_confused.csv",
+    "confusion.csv",
+    "confusion.png",
+    "most_confused.png",
+    "recall.png",
+)
 
 
 def evaluate_run(
@@ -66,7 +75,8 @@ def evaluate_run(
         "macro_f1": report.macro_f1,
     }
     with staged_output(folder, "evaluate") as stage:
-        report.most_confused(20).to_csv(stage / "most_confused.csv", index=False)
+        confused = report.most_confused(20)
+        confused.to_csv(stage / "most_confused.csv", index=False)
         report.per_class.to_csv(stage / "per_class.csv", index=False)
         pd.DataFrame(report.confusion, index=data.classes, columns=data.classes).to_csv(
             stage / "confusion.csv"
@@ -74,5 +84,8 @@ def evaluate_run(
         plot_confusion_matrix(
             report.confusion, data.classes, stage / "confusion.png", title=f"{ckpt.spec.name} on {data.name}"
         )
+        title = f"{ckpt.spec.name} on {data.name}"
+        plot_most_confused(confused, stage / "most_confused.png", title=f"{title}: most confused pairs")
+        plot_per_class_recall(report.per_class, stage / "recall.png", title=f"{title}: recall per class")
         write_json(stage / "evaluation.json", summary)
     return {**summary, "per_class": report.per_class, "folder": str(folder)}
