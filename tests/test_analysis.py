@@ -11,16 +11,23 @@ from torch import nn
 
 from compresskit.analysis import (
     TABLE_COLUMNS,
+    FeaturePlan,
     LayerCapture,
     center_separation_index,
+    default_memory_budget,
+    features_nbytes,
+    format_size,
     iterate_layer_outputs,
     layer_table,
     linear_probe,
     parse_metrics,
+    parse_size,
+    plan_features,
     pool_features,
     select_layers,
     separation_index,
 )
+from compresskit.analysis.memory import total_memory
 from compresskit.data import ImageSplit, Loader, balanced_subset
 from compresskit.errors import CompresskitError
 from compresskit.models import ModelSpec, build_model, make_spec
@@ -246,5 +253,140 @@ def test_layer_table_leaves_unasked_metrics_empty_and_skips_the_second_pass():
     assert table["si_train"].notna().all()
     assert table[["csi_train", "csi_test", "probe_train", "probe_test"]].isna().all().all()
     calls.clear()
-    layer_table(model, train, test, select_layers(model, "pools"), ("csi",))
-    assert len(calls) == 2 * (len(train) + len(test))  # CSI: class sums, then nearest centre
+    layer_table(model, train, test, select_layers(model, "pools"), ("csi",), memory_budget=0)
+    assert len(calls) == 2 * (len(train) + len(test))  # streamed CSI: class sums, then nearest centre
+    calls.clear()
+    layer_table(model, train, test, select_layers(model, "pools"), ("csi",), memory_budget=2**30)
+    assert len(calls) == len(train) + len(test)  # held CSI: one pass, scored from memory
+
+
+# ----------------------------------------------------------------------------- memory budget
+
+
+def _slow_csi(features: np.ndarray, labels: np.ndarray) -> float:
+    """CSI by the definition, one sample and one centre at a time in float64."""
+    x = features.reshape(len(features), -1).astype(np.float64)
+    classes = sorted(set(labels.tolist()))
+    centres = [x[labels == c].mean(0) for c in classes]
+    hits = 0
+    for row, label in zip(x, labels, strict=True):
+        distances = [float(((row - centre) ** 2).sum()) for centre in centres]
+        hits += classes[distances.index(min(distances))] == label
+    return hits / len(x)
+
+
+def _slow_si(features: np.ndarray, labels: np.ndarray) -> float:
+    """SI by the definition: each sample's nearest other sample (ties → lowest index), in float64."""
+    x = features.reshape(len(features), -1).astype(np.float64)
+    hits = 0
+    for i in range(len(x)):
+        best, nearest = np.inf, -1
+        for j in range(len(x)):
+            if j != i and (d := float(((x[i] - x[j]) ** 2).sum())) < best:
+                best, nearest = d, j
+        hits += labels[nearest] == labels[i]
+    return hits / len(x)
+
+
+def _mixed_loader(n: int, seed: int) -> Loader:
+    """Classes in shuffled order with a weak signal, so every batch mixes them and CSI < 1."""
+    g = torch.Generator().manual_seed(seed)
+    labels = (torch.arange(n) % 4)[torch.randperm(n, generator=g)]
+    images = (torch.rand(4, 3, 1, 1, generator=g) * 60)[labels] + torch.rand(n, 3, 32, 32, generator=g) * 190
+    return Loader(ImageSplit(images.to(torch.uint8), labels), 16, mean=(0.5,) * 3, std=(0.25,) * 3)
+
+
+def test_held_and_streamed_features_give_the_same_csi_and_si():
+    model = build_model(make_spec("cnn_bn", 4, width=0.25), seed=0).eval()
+    train, test = _mixed_loader(64, 0), _mixed_loader(48, 1)
+    layers = select_layers(model, "blocks")
+    held = layer_table(model, train, test, layers, ("csi",), memory_budget=2**30)
+    streamed = layer_table(model, train, test, layers, ("csi",), memory_budget=0)
+    with_si = layer_table(model, train, test, layers, ("csi", "si"), memory_budget=0)
+    assert {split: plan.mode for split, plan in held.attrs["features"].items()} == {
+        "train": "memory", "test": "memory",
+    }  # fmt: skip
+    assert {split: plan.passes for split, plan in streamed.attrs["features"].items()} == {
+        "train": 2, "test": 2,
+    }  # fmt: skip
+    assert {plan.mode for plan in streamed.attrs["features"].values()} == {"streaming"}
+    # SI needs every sample's features at once, so they are held whatever the budget, and CSI is
+    # scored from them without a second pass.
+    assert {(plan.mode, plan.passes) for plan in with_si.attrs["features"].values()} == {("memory", 1)}
+    for split, loader in (("train", train), ("test", test)):
+        captured = list(iterate_layer_outputs(model, iter(loader), layers))
+        labels = torch.cat([y for _, y in captured]).numpy()
+        for i, layer in enumerate(layers):
+            features = torch.cat([outputs[layer.name] for outputs, _ in captured]).numpy()
+            expected_csi = _slow_csi(features, labels)
+            for table in (held, streamed, with_si):
+                assert abs(table[f"csi_{split}"][i] - expected_csi) <= 1e-6
+            assert abs(with_si[f"si_{split}"][i] - _slow_si(features, labels)) <= 1e-6
+    assert (held[["csi_train", "csi_test"]] < 1).any().all()  # not a case every path gets right
+    assert (
+        np.abs(
+            held[["csi_train", "csi_test"]].to_numpy() - streamed[["csi_train", "csi_test"]].to_numpy()
+        ).max()
+        <= 1e-6
+    )
+
+
+def test_a_budget_below_the_features_forces_streaming():
+    model = build_model(make_spec("cnn_bn", 4, width=0.25), seed=0).eval()
+    train, test = _loader(48, 0), _loader(40, 1)
+    layers = select_layers(model, "blocks")
+    per_sample = (8192 + 4096 + 2048 + 4) * 4  # float32 of block1..block3 and fc1
+    needed = {"train": 48 * per_sample, "test": 40 * per_sample}
+    # A budget between the two splits' needs: test is held, train is streamed.
+    table = layer_table(model, train, test, layers, ("csi",), memory_budget=needed["test"])
+    plans = table.attrs["features"]
+    assert (plans["train"].mode, plans["train"].passes) == ("streaming", 2)
+    assert (plans["test"].mode, plans["test"].passes) == ("memory", 1)
+    assert {split: plan.needed_bytes for split, plan in plans.items()} == needed
+    assert plans["train"].budget_bytes == needed["test"]
+    assert plan_features(("csi",), 48, [8192, 4096, 2048, 4], needed["train"] - 1).mode == "streaming"
+    assert plan_features(("csi",), 48, [8192, 4096, 2048, 4], needed["train"]).mode == "memory"
+    assert plan_features(("probe",), 48, [10], 0) == FeaturePlan("streaming", 1, 48 * 40, 0)
+    with pytest.raises(ValueError, match="memory_budget"):
+        layer_table(model, train, test, layers, ("csi",), memory_budget=-1)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1024", 1024), (1024, 1024), ("0", 0), ("500MB", 500 * 10**6), ("4GiB", 4 * 2**30),
+        ("4 gib", 4 * 2**30), ("1.5KiB", 1536), ("2kb", 2000), ("1e9", 10**9), ("7B", 7),
+        (" 3 TB ", 3 * 10**12), (".5MiB", 2**19), ("1.9", 1),
+    ],
+)  # fmt: skip
+def test_parse_size(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["", "-1", -1, "4 gigs", "GiB", "4GiB5", "nan", "inf", "1e999", "1,000", True]
+)
+def test_parse_size_refuses_what_is_not_a_size(text):
+    with pytest.raises(ValueError, match="not a size"):
+        parse_size(text)
+
+
+def test_default_budget_is_a_quarter_of_the_total_memory():
+    with open("/proc/meminfo") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("MemTotal:"))
+    total = total_memory()
+    assert total is not None and abs(total - kib * 1024) <= 0.01 * kib * 1024
+    assert default_memory_budget() == total // 4
+    assert features_nbytes([10, 6], 3) == 3 * 16 * 4
+    assert format_size(1536) == "1.5 KiB" and format_size(6 * 2**30) == "6.0 GiB" and format_size(5) == "5 B"
+
+
+def test_float16_storage_would_change_csi():
+    # Why held features stay float32: a class-1 sample x with class-1 partner 1.0 is nearer its own
+    # centre (x + 1)/2 than class 0's centre 0.5 exactly when x > 2/3; 0.6667 is, but float16 (11
+    # significant bits) rounds it to 0.66650390625, which is not.
+    features = torch.tensor([[0.0], [1.0], [0.6667], [1.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    assert center_separation_index(features, labels) == 0.75
+    assert features.half()[2, 0].item() == 0.66650390625
+    assert center_separation_index(features.half().float(), labels) == 0.5

@@ -2,6 +2,9 @@
 
 >>> from compresskit.analysis import center_separation_index, separation_index
 >>> center_separation_index(features, labels)   # features n×…, labels n → float in [0, 1]
+>>> table = layer_table(model, train_loader, test_loader, select_layers(model),
+...                     memory_budget=parse_size("4GiB"))   # one forward pass per split if it fits
+>>> table.attrs["features"]["test"].mode                   # "memory" or "streaming"
 """
 
 from compresskit.analysis.capture import (
@@ -11,7 +14,20 @@ from compresskit.analysis.capture import (
     iterate_layer_outputs,
     select_layers,
 )
-from compresskit.analysis.layers import METRICS, TABLE_COLUMNS, layer_table, parse_metrics
+from compresskit.analysis.layers import (
+    METRICS,
+    TABLE_COLUMNS,
+    FeaturePlan,
+    layer_table,
+    parse_metrics,
+    plan_features,
+)
+from compresskit.analysis.memory import (
+    default_memory_budget,
+    features_nbytes,
+    format_size,
+    parse_size,
+)
 from compresskit.analysis.probes import linear_probe, pool_features
 from compresskit.analysis.separation import (
     StreamingCenterSeparation,
@@ -25,15 +41,21 @@ __all__ = [
     "LAYER_PRESETS",
     "METRICS",
     "TABLE_COLUMNS",
+    "FeaturePlan",
     "Layer",
     "LayerCapture",
     "StreamingCenterSeparation",
     "center_separation_by_class",
     "center_separation_index",
+    "default_memory_budget",
+    "features_nbytes",
+    "format_size",
     "iterate_layer_outputs",
     "layer_table",
     "linear_probe",
     "parse_metrics",
+    "parse_size",
+    "plan_features",
     "pool_features",
     "select_layers",
     "separation_index",

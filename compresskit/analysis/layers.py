@@ -1,21 +1,33 @@
 """The per-layer table: CSI, SI and linear-probe accuracy of every chosen layer, train vs test.
 
-Each split costs at most two forward passes over its batches, whatever the number of layers:
+Each split costs one forward pass over its batches when its features fit the memory budget, two
+when they do not, whatever the number of layers:
 
 1. one pass with hooks on every chosen layer (`capture.iterate_layer_outputs`) accumulates the
-   class sums for CSI (`StreamingCenterSeparation.add`), and keeps the flattened outputs for SI and
-   the pooled outputs for the probe when those metrics are asked for;
-2. a second pass scores every sample against the now fixed class centres (CSI only).
+   class sums for CSI (`StreamingCenterSeparation.add`), and keeps the flattened outputs (float32,
+   on the host) when SI is asked for or when they fit the budget, and the pooled outputs for the
+   probe;
+2. CSI then scores every sample against the now fixed class centres: from the kept features, batch
+   by batch as they came (mode ``"memory"``), or, when they were not kept, in a second forward pass
+   (mode ``"streaming"``). Both feed `StreamingCenterSeparation` the same batches in the same order,
+   so, the forward pass being deterministic, both give the same CSI.
 
-CSI memory is bounded by the class sums (classes × dims per layer, float64), not by the number
-of samples. SI needs every sample's features of a layer at once (n × dims float32 per layer,
-held for one split at a time); its distances are chunked (see `separation.separation_index`).
+A split's features take ``samples × Σ dims × 4`` bytes (`memory.features_nbytes`); they are kept
+for CSI when that is at most ``memory_budget`` (default: `memory.default_memory_budget`, a quarter of
+the total memory), and freed once the split is scored. float16 storage would halve them but changed
+an SI by 1e-3 on real features (see `memory.FEATURE_ITEMSIZE`), so they stay float32. Streamed CSI
+memory is bounded by the class sums (classes × dims per layer, float64). SI needs every sample's
+features of a layer at once whatever the budget (n × dims float32 per layer, both splits held until
+the table is made); its distances are chunked (see `separation.separation_index`). With the model on
+CUDA the features are still kept on the host (the budget is host memory); scoring moves them to the
+model's device one batch at a time.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -23,6 +35,7 @@ import torch
 from torch import nn
 
 from compresskit.analysis.capture import Layer, iterate_layer_outputs
+from compresskit.analysis.memory import default_memory_budget, features_nbytes, format_size
 from compresskit.analysis.probes import linear_probe, pool_features
 from compresskit.analysis.separation import StreamingCenterSeparation, separation_index
 from compresskit.data import Loader
@@ -51,6 +64,41 @@ def parse_metrics(text: str) -> tuple[str, ...]:
     return names
 
 
+@dataclass(frozen=True)
+class FeaturePlan:
+    """How one split's features were handled.
+
+    ``mode`` is ``"memory"`` (every layer's flattened features of the split held on the host; CSI
+    scored from them, one forward pass) or ``"streaming"`` (not held; CSI, if asked for, scored in a
+    second forward pass). ``passes`` is the number of forward passes made over the split;
+    ``needed_bytes`` what holding the split's features takes (`memory.features_nbytes`),
+    ``budget_bytes`` the budget it was compared with.
+    """
+
+    mode: str
+    passes: int
+    needed_bytes: int
+    budget_bytes: int
+
+    def describe(self) -> str:
+        """One short line for logs and summaries, e.g. "in memory, 1 pass (1.2 MiB, budget 6.0 GiB)"."""
+        sizes = f"{format_size(self.needed_bytes)}, budget {format_size(self.budget_bytes)}"
+        where = "in memory" if self.mode == "memory" else "streamed"
+        return f"{where}, {self.passes} pass{'es' if self.passes > 1 else ''} ({sizes})"
+
+
+def plan_features(metrics: Sequence[str], samples: int, dims: Sequence[int], budget: int) -> FeaturePlan:
+    """Hold a split's features (`samples` × each layer's `dims`, float32) or stream them.
+
+    SI needs them all at once, so they are held whatever the budget; for CSI alone they are held
+    when they fit `budget` (bytes), which saves the second forward pass. Without CSI one pass does.
+    """
+    needed = features_nbytes(dims, samples)
+    hold = "si" in metrics or ("csi" in metrics and needed <= budget)
+    passes = 2 if "csi" in metrics and not hold else 1
+    return FeaturePlan("memory" if hold else "streaming", passes, needed, budget)
+
+
 class _SplitFeatures:
     """What one split's passes produce for every layer."""
 
@@ -61,6 +109,7 @@ class _SplitFeatures:
         self.flat: dict[str, torch.Tensor] = {}
         self.pooled: dict[str, torch.Tensor] = {}
         self.labels = torch.empty(num_samples, dtype=torch.int64)
+        self.plan: FeaturePlan | None = None
 
     @staticmethod
     def _store(store: dict[str, torch.Tensor], name: str, n: int, start: int, rows: torch.Tensor) -> None:
@@ -76,24 +125,40 @@ def _passes(
     metrics: Sequence[str],
     progress: Progress,
     split: str,
+    budget: int,
 ) -> _SplitFeatures:
     out = _SplitFeatures(layers, loader.num_samples)
-    passes = 2 if "csi" in metrics else 1
+    bounds: list[tuple[int, int]] = []  # the batches as they came, so scoring from memory sees the same
+    plan: FeaturePlan | None = None
     start = 0
-    with progress.task(f"{split}: forward pass 1/{passes}", total=len(loader)) as advance:
+    with progress.task(f"{split}: forward pass", total=len(loader)) as advance:
         for outputs, y in iterate_layer_outputs(model, iter(loader), list(layers)):
+            if plan is None:  # the first batch tells the layers' sizes
+                dims = [math.prod(value.shape[1:]) for value in outputs.values()]
+                plan = plan_features(metrics, out.n, dims, budget)
+                progress.log(f"{split}: features {plan.describe()}")
             out.labels[start : start + len(y)] = y.cpu()
             for name, value in outputs.items():
                 out.shapes[name] = tuple(value.shape[1:])
                 if "csi" in metrics:
                     out.centres[name].add(value, y)
-                if "si" in metrics:
+                if plan.mode == "memory":
                     out._store(out.flat, name, out.n, start, value.reshape(len(value), -1).float())
                 if "probe" in metrics:
                     out._store(out.pooled, name, out.n, start, pool_features(value))
+            bounds.append((start, start + len(y)))
             start += len(y)
             advance()
-    if "csi" in metrics:
+    if plan is None:
+        raise ValueError(f"the {split} loader yielded no batches; there is nothing to analyse.")
+    out.plan = plan
+    if "csi" in metrics and plan.mode == "memory":
+        for name, centres in out.centres.items():
+            for lo, hi in bounds:
+                centres.score(out.flat[name][lo:hi], out.labels[lo:hi])
+        if "si" not in metrics:
+            out.flat.clear()
+    elif "csi" in metrics:
         with progress.task(f"{split}: forward pass 2/2", total=len(loader)) as advance:
             for outputs, y in iterate_layer_outputs(model, iter(loader), list(layers)):
                 for name, value in outputs.items():
@@ -109,19 +174,27 @@ def layer_table(
     layers: Sequence[Layer],
     metrics: Sequence[str] = METRICS,
     *,
+    memory_budget: int | None = None,
     progress: Progress | None = None,
 ) -> pd.DataFrame:
     """One row per layer with the columns of `TABLE_COLUMNS`.
 
     `train` and `test` yield the (unaugmented, normalised) samples to analyse, usually
-    class-balanced subsets. CSI and SI are fractions in [0, 1]; the probe columns are accuracies in
-    [0, 1] of a linear probe fitted on the train samples (see `probes`). Metrics not asked for are
-    NaN.
+    class-balanced subsets, on the model's device. CSI and SI are fractions in [0, 1]; the probe
+    columns are accuracies in [0, 1] of a linear probe fitted on the train samples (see `probes`).
+    Metrics not asked for are NaN.
+
+    `memory_budget` (bytes; default `memory.default_memory_budget()`) decides per split whether the
+    features are held for a single forward pass or streamed in two (see the module docstring);
+    ``table.attrs["features"]`` records the choice, ``{"train": FeaturePlan, "test": FeaturePlan}``.
     """
     progress = progress or Progress(enabled=False)
     metrics = tuple(metrics)
+    budget = default_memory_budget() if memory_budget is None else int(memory_budget)
+    if budget < 0:
+        raise ValueError(f"memory_budget must be a number of bytes >= 0, got {memory_budget!r}.")
     splits = {
-        split: _passes(model, loader, layers, metrics, progress, split)
+        split: _passes(model, loader, layers, metrics, progress, split, budget)
         for split, loader in (("train", train), ("test", test))
     }
     rows = []
@@ -150,7 +223,9 @@ def layer_table(
                 row["probe_train"] = row["probe_test"] = np.nan
             rows.append(row)
             advance()
-    return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    table.attrs["features"] = {split: feats.plan for split, feats in splits.items()}
+    return table
 
 
 def block_csi(
