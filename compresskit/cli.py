@@ -349,6 +349,12 @@ def analyze(
     batch_size: int = typer.Option(256, help="Batch size of the forward passes."),
     device: Device = DeviceName.auto,
     seed: int = typer.Option(0, help="Seed of the class-balanced subsets."),
+    memory_budget: str | None = typer.Option(
+        None,
+        help="Host memory a split's features may take to be held for one forward pass (beyond it: "
+        "two passes, streamed), e.g. 4GiB, 500MB or bytes; default a quarter of the total memory.",
+        show_default=False,
+    ),
     quiet: Quiet = False,
 ) -> None:
     """Per-layer center separation index, separation index and linear-probe accuracy, train vs test."""
@@ -367,6 +373,7 @@ def analyze(
             batch_size=batch_size,
             device=device.value,
             seed=seed,
+            memory_budget=memory_budget,
             progress=Progress(enabled=not quiet),
         )
     if "table" in result:
@@ -390,7 +397,8 @@ def analyze(
             cells = [values[c] for c in shown]
             view.add_row(*(f"{v:.3f}" if isinstance(v, float) else escape(str(v)) for v in cells))
         console.print(view)
-    _print_table("analysis", [("written", ", ".join(result["files"]))])
+    rows = [(f"{split} features", plan.describe()) for split, plan in result.get("features", {}).items()]
+    _print_table("analysis", [*rows, ("written", ", ".join(result["files"]))])
 
 
 def _print_report(table, title: str) -> None:

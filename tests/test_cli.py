@@ -360,6 +360,9 @@ def test_analyze_is_deterministic_and_keeps_other_files(analyzed_run, tmp_path):
         (["--samples", "0"], "--samples"),
         (["--samples", "3"], "--samples 3"),
         (["--batch-size", "0"], "--batch-size"),
+        (["--memory-budget", "4 gigs"], "--memory-budget '4 gigs' is not a size; give a number of bytes"),
+        (["--memory-budget", "-1"], "--memory-budget '-1' is not a size"),
+        (["--memory-budget", "GiB"], "KiB, MiB, GiB or TiB (e.g. 4GiB, 500MB)"),
     ],
 )
 def test_analyze_bad_input(trained_run, args, fragment):
@@ -370,6 +373,29 @@ def test_analyze_bad_input(trained_run, args, fragment):
     after = sorted(p.name for p in (run / "analysis").iterdir()) if (run / "analysis").exists() else None
     assert before == after
     assert not list(run.glob(".analysis.partial*"))
+
+
+def test_analyze_streams_beyond_the_memory_budget_with_the_same_csi(analyzed_run):
+    run, held = analyzed_run  # the default budget holds 40 small samples
+    assert "train features" in held.stdout and "in memory, 1 pass (" in held.stdout
+    before = pd.read_csv(run / "analysis" / "layers.csv")
+    result = invoke(
+        "analyze", "--checkpoint", run, "--samples", "40", "--metrics", "csi,probe",
+        "--memory-budget", "1KiB", "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "streamed, 2 passes (" in result.stdout and "budget 1.0 KiB" in result.stdout
+    after = pd.read_csv(run / "analysis" / "layers.csv")
+    for split in ("train", "test"):
+        assert np.abs(after[f"csi_{split}"] - before[f"csi_{split}"]).max() <= 1e-6
+
+
+def test_analyze_on_cuda_without_cuda_is_one_clear_error(trained_run, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = invoke("analyze", "--checkpoint", trained_run[0], "--device", "cuda", "--quiet")
+    _check_one_line_error(result, "--device cuda was asked for but no CUDA device is available")
 
 
 def test_analyze_missing_checkpoint(tmp_path):

@@ -31,16 +31,28 @@ def analyze_run(
     batch_size: int = 256,
     device: str = "auto",
     seed: int = 0,
+    memory_budget: int | str | None = None,
     progress: Progress | None = None,
 ) -> dict:
     """Per-layer CSI, SI and linear-probe accuracy of `checkpoint`, on class-balanced subsets of
     `samples` training images (from the part of train the run was fitted on: its recorded split,
     checked) and `samples` test images.
 
+    `memory_budget` (bytes, or a size such as "4GiB"; default a quarter of the total memory) is
+    what each split's features may take to be held for a single forward pass (see
+    `analysis.layers`); `device` is auto, cpu or cuda (cuda refused when none is available).
+
     Writes ``layers.csv`` and ``separation.png`` (and ``filters.png`` with `filters`) into
-    ``RUN/analysis/``. Returns ``{"table": DataFrame, "files": [...], ...}``.
+    ``RUN/analysis/``. Returns ``{"table": DataFrame, "files": [...], "features": {split:
+    FeaturePlan}, ...}``.
     """
-    from compresskit.analysis import layer_table, parse_metrics, select_layers
+    from compresskit.analysis import (
+        default_memory_budget,
+        layer_table,
+        parse_metrics,
+        parse_size,
+        select_layers,
+    )
     from compresskit.plots import plot_filters, plot_separation
 
     progress = progress or Progress(enabled=False)
@@ -49,6 +61,13 @@ def analyze_run(
     if samples <= 0:
         raise CompresskitError(f"--samples {samples} must be a positive integer.")
     metric_names = parse_metrics(metrics)
+    if memory_budget is None:
+        budget = default_memory_budget()
+    else:
+        try:
+            budget = parse_size(memory_budget)
+        except ValueError as exc:
+            raise CompresskitError(f"--memory-budget {exc}") from None
     if not metric_names and not filters:
         raise CompresskitError("--metrics none leaves nothing to do; ask for a metric or --filters.")
     ckpt, config, data = open_checkpoint(checkpoint, data_dir, download=download)
@@ -84,10 +103,17 @@ def analyze_run(
                 f"analyzing {len(chosen)} layers of {ckpt.spec.name} on {len(train_pick)} train and "
                 f"{len(test_pick)} test images of {data.name} ({', '.join(metric_names)})"
             )
-            table = layer_table(model, *loaders, chosen, metric_names, progress=progress)
+            table = layer_table(
+                model, *loaders, chosen, metric_names, memory_budget=budget, progress=progress
+            )
             table.to_csv(stage / "layers.csv", index=False)
             plot_separation(table, stage / "separation.png", title=f"{ckpt.spec.name} on {data.name}")
-            result.update(table=table, train_samples=len(train_pick), test_samples=len(test_pick))
+            result.update(
+                table=table,
+                train_samples=len(train_pick),
+                test_samples=len(test_pick),
+                features=table.attrs["features"],
+            )
         if filters:
             first_conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
             if first_conv is None:
