@@ -1,64 +1,68 @@
-"""CSI of every block output of a VGG16, computed two ways in one run; prints both times and the ratio.
+"""CSI of every graph node of a VGG16, computed two ways, each side in its own process; prints both
+times, the ratio, the largest CSI difference and each side's peak memory.
 
-* reference (the reference studies' way): for each layer, a
-  `torchvision.models.feature_extraction.create_feature_extractor` returning that layer, one forward
+The node set is the reference studies' own: every node that torchvision's
+`torchvision.models.feature_extraction.get_graph_node_names` lists for our `ConvNet` (46 for
+vgg16_bn: each conv, batch norm and ReLU, the five max-pools, the flatten and the linear layer),
+less the input placeholder ``x``, which is no layer's output. Every one of them is a module of the
+ConvNet, so our hooks capture exactly the tensors the studies' extractors return.
+
+* per node (the studies' way): for each node, a
+  `torchvision.models.feature_extraction.create_feature_extractor` returning that node, one forward
   pass over all images collecting its n×d features, then CSI in memory (class means, distances to
-  every centre, argmin) in float64.
-* compresskit: `compresskit.analysis` hooks on all layers at once; pass 1 accumulates class sums
-  (`StreamingCenterSeparation.add`), pass 2 scores every sample against the centres. Two forward
-  passes in all, whatever the number of layers; no n×d matrix is ever held.
+  every centre, argmin) in float64;
+* ours (`compresskit.analysis.layer_csi`): hooks on all nodes at once, one forward pass holding
+  every node's features when ``images × Σ dims × 4`` bytes fit ``--memory-budget`` (default a
+  quarter of the total memory), two streamed passes beyond it.
 
-Both use the same model (eval mode), the same images and batch size. The script checks that both
-give the same CSI for every layer, and reports the peak resident memory above the starting point
-during each way (sampled every 5 ms from /proc/self/statm). Usage:
+Both sides see the same model (eval mode), the same images in the same batches (one `Loader`). Each
+side runs in a fresh subprocess, so its peak memory is its own: ``ru_maxrss`` at the end (the
+process's peak resident set, model, images and Python included) and that peak less the resident set
+at the start of the timed part. The parent checks that both ways give the same CSI on every node.
 
-    python experiments/bench_analysis.py [--samples 2000] [--model vgg16_bn] [--checkpoint RUN]
-        [--data-dir data]   # real CIFAR-10 test images instead of random CIFAR-shaped ones
-        [--compresskit-only]  # only the streaming way (peak memory on a whole 10,000-image test set)
+The measurement (2,000 images for both ways, then the whole 10,000-image test set for ours). At
+width 1 the 46 nodes hold 861,194 values per image: 6.4 GiB of float32 features for 2,000 images,
+32.1 GiB for 10,000. The first command gives ours a budget that holds them (one pass); at 10,000
+images they cannot be held on a 24 GB machine, so ours streams (two passes):
+
+    python experiments/bench_analysis.py --images 2000 --data-dir data --memory-budget 8GiB \
+        > results/bench_analysis.txt
+    python experiments/bench_analysis.py --images 10000 --data-dir data --ours-only \
+        > results/bench_analysis_10k.txt
+
+A quick check that it runs (random CIFAR-shaped images, a narrow model):
+
+    python experiments/bench_analysis.py --images 200 --width 0.125
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import threading
+import resource
+import subprocess
+import sys
 import time
 
 import torch
-from torchvision.models.feature_extraction import create_feature_extractor
+from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
-from compresskit.analysis import StreamingCenterSeparation, iterate_layer_outputs, select_layers
+from compresskit.analysis import Layer, format_size, layer_csi, parse_size
 from compresskit.checkpoint import load_checkpoint
-from compresskit.data import load_dataset
-from compresskit.models import build_model, make_spec
+from compresskit.data import ImageSplit, Loader, load_dataset
+from compresskit.models import ConvNet, build_model, make_spec
 
 
-class PeakMemory:
-    """Highest resident set size (bytes) seen while the block runs, above its value at entry."""
-
-    def __init__(self) -> None:
-        self.page = os.sysconf("SC_PAGE_SIZE")
-        self.peak = 0
-
-    def _rss(self) -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * self.page
-
-    def _watch(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._rss() - self.base)
-            time.sleep(0.005)
-
-    def __enter__(self) -> PeakMemory:
-        self.base, self.peak = self._rss(), 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+def graph_nodes(model: ConvNet) -> list[Layer]:
+    """The eval-mode graph nodes of `model` as torchvision lists them, less the input ``x``; each
+    must be a module (true of every ConvNet), so a hook can capture it."""
+    _, nodes = get_graph_node_names(model)
+    modules = dict(model.named_modules())
+    missing = [node for node in nodes[1:] if node not in modules]
+    if nodes[:1] != ["x"] or missing:
+        raise SystemExit(f"graph nodes that are not modules, which hooks cannot capture: {missing}")
+    return [Layer(node, node, modules[node]) for node in nodes[1:]]
 
 
 def reference_csi(features: torch.Tensor, labels: torch.Tensor) -> float:
@@ -70,91 +74,125 @@ def reference_csi(features: torch.Tensor, labels: torch.Tensor) -> float:
     return float((classes[nearest] == labels).double().mean())
 
 
-def batches(images: torch.Tensor, labels: torch.Tensor, size: int):
-    for i in range(0, len(images), size):
-        yield images[i : i + size], labels[i : i + size]
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--samples", type=int, default=2000)
-    parser.add_argument("--model", default="vgg16_bn")
-    parser.add_argument("--checkpoint", default=None, help="trained weights instead of random ones")
-    parser.add_argument("--data-dir", default=None, help="use CIFAR-10 test images from this folder")
-    parser.add_argument("--batch-size", type=int, default=250)
-    parser.add_argument(
-        "--compresskit-only", action="store_true", help="skip the reference way (memory at n=10000)"
-    )
-    args = parser.parse_args()
-
+def setup(args: argparse.Namespace) -> tuple[ConvNet, Loader, str]:
+    """The model (eval mode) and one unshuffled loader over the images, and a line saying which."""
     torch.manual_seed(0)
     if args.checkpoint:
         model = load_checkpoint(args.checkpoint).build("cpu")
     else:
-        model = build_model(make_spec(args.model, 10), seed=0)
+        model = build_model(make_spec(args.model, 10, width=args.width), seed=0)
     model.eval()
     if args.data_dir:
         data = load_dataset("cifar10", args.data_dir, download=False)
-        mean = torch.tensor(data.mean).view(1, 3, 1, 1)
-        std = torch.tensor(data.std).view(1, 3, 1, 1)
-        images = (data.test.images[: args.samples].float() / 255 - mean) / std
-        labels = data.test.labels[: args.samples]
-        source = f"the first {len(labels)} CIFAR-10 test images"
+        split = ImageSplit(data.test.images[: args.images], data.test.labels[: args.images])
+        mean, std = tuple(data.mean), tuple(data.std)
+        source = f"the first {len(split.labels)} CIFAR-10 test images"
     else:
-        images = torch.randn(args.samples, 3, 32, 32)
-        labels = torch.randint(0, 10, (args.samples,))
-        images += labels.view(-1, 1, 1, 1) * 0.1  # a little class signal so CSI is not at chance
-        source = f"{args.samples} random CIFAR-shaped images"
-    layers = select_layers(model, "blocks")
-    print(
-        f"{args.model if not args.checkpoint else args.checkpoint}, {len(layers)} layers "
-        f"({', '.join(layer.name for layer in layers)}), {source}, batch {args.batch_size}, "
-        f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}"
-    )
+        g = torch.Generator().manual_seed(0)
+        labels = torch.randint(0, 10, (args.images,), generator=g)
+        # a little class signal so CSI is not at chance
+        images = torch.rand(args.images, 3, 32, 32, generator=g) * 200 + labels.view(-1, 1, 1, 1) * 5
+        split = ImageSplit(images.to(torch.uint8), labels)
+        mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+        source = f"{args.images} random CIFAR-shaped images"
+    return model, Loader(split, args.batch_size, mean=mean, std=std), source
 
+
+def run_side(args: argparse.Namespace) -> None:
+    """One way, in this process; prints one JSON line: CSI per node, seconds, memory."""
+    model, loader, _ = setup(args)
+    nodes = graph_nodes(model)
     with torch.inference_mode():
-        model(images[: args.batch_size])  # warm-up, so neither side pays for first-call allocations
-    with PeakMemory() as mem_ours:
-        start = time.perf_counter()
-        streams = {layer.name: StreamingCenterSeparation() for layer in layers}
-        for outputs, y in iterate_layer_outputs(model, batches(images, labels, args.batch_size), layers):
-            for name, value in outputs.items():
-                streams[name].add(value, y)
-        for outputs, y in iterate_layer_outputs(model, batches(images, labels, args.batch_size), layers):
-            for name, value in outputs.items():
-                streams[name].score(value, y)
-        ours = {name: stream.value() for name, stream in streams.items()}
-        t_ours = time.perf_counter() - start
-
-    if args.compresskit_only:
-        for layer in layers:
-            print(f"{layer.name:8s} csi {ours[layer.name]:.4f}")
-        print(f"compresskit (hooks, two passes for all layers): {t_ours:8.2f} s, "
-              f"peak memory +{mem_ours.peak / 2**20:,.0f} MiB")  # fmt: skip
-        return
-    with PeakMemory() as mem_ref:
-        start = time.perf_counter()
-        reference = {}
-        for layer in layers:
-            extractor = create_feature_extractor(model, return_nodes={layer.path: "out"}).eval()
+        model(next(iter(loader))[0])  # warm-up, so neither side pays for first-call allocations
+    start_rss = rss_bytes()
+    start = time.perf_counter()
+    record: dict = {}
+    if args.side == "ours":
+        csi, plan = layer_csi(model, loader, nodes, memory_budget=args.memory_budget)
+        record["plan"] = plan.describe()
+    else:
+        csi = {}
+        labels = torch.cat([y for _, y in loader])
+        for node in nodes:
+            extractor = create_feature_extractor(model, return_nodes={node.path: "out"}).eval()
             with torch.inference_mode():
-                chunks = batches(images, labels, args.batch_size)
-                features = torch.cat([extractor(x)["out"] for x, _ in chunks])
-            reference[layer.name] = reference_csi(features, labels)
+                features = torch.cat([extractor(x)["out"] for x, _ in loader])
+            csi[node.name] = reference_csi(features, labels)
             del features
-        t_ref = time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    record.update(csi=csi, seconds=seconds, peak_rss=peak, start_rss=start_rss)
+    print(json.dumps(record))
 
-    print(f"{'layer':8s} {'csi (reference)':>16s} {'csi (compresskit)':>18s}")
-    for layer in layers:
-        print(f"{layer.name:8s} {reference[layer.name]:16.4f} {ours[layer.name]:18.4f}")
-    mismatches = [name for name in ours if ours[name] != reference[name]]
-    verdict = "yes" if not mismatches else "NO, differs on " + ", ".join(mismatches)
-    print(f"same CSI on every layer: {verdict}")
-    print(f"reference  (one feature-extractor forward per layer): {t_ref:8.2f} s, "
-          f"peak memory +{mem_ref.peak / 2**20:,.0f} MiB")  # fmt: skip
-    print(f"compresskit (hooks, two passes for all layers):       {t_ours:8.2f} s, "
-          f"peak memory +{mem_ours.peak / 2**20:,.0f} MiB")  # fmt: skip
-    print(f"speed-up: {t_ref / t_ours:.2f}x")
+
+def spawn(side: str, argv: list[str]) -> dict:
+    done = subprocess.run(
+        [sys.executable, __file__, "--side", side, *argv], stdout=subprocess.PIPE, text=True, check=True
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def memory(record: dict) -> str:
+    above = max(0, record["peak_rss"] - record["start_rss"])
+    return f"peak RSS {format_size(record['peak_rss'])} (+{format_size(above)} over its start)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", "--samples", type=int, default=2000)
+    parser.add_argument("--model", default="vgg16_bn")
+    parser.add_argument("--width", type=float, default=1.0, help="channel width multiplier")
+    parser.add_argument("--checkpoint", default=None, help="trained weights instead of random ones")
+    parser.add_argument("--data-dir", default=None, help="use CIFAR-10 test images from this folder")
+    parser.add_argument("--batch-size", type=int, default=250)
+    parser.add_argument(
+        "--memory-budget", type=parse_size, default=None, help="ours: e.g. 8GiB (default: a quarter of RAM)"
+    )
+    parser.add_argument(
+        "--ours-only", "--compresskit-only", action="store_true", help="skip the per-node way"
+    )
+    parser.add_argument("--side", choices=("ours", "per-node"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side:
+        run_side(args)
+        return
+
+    model, loader, source = setup(args)
+    nodes = graph_nodes(model)
+    argv = [a for a in sys.argv[1:] if a != "--ours-only" and a != "--compresskit-only"]
+    name = args.checkpoint or (args.model + (f" width {args.width}" if args.width != 1 else ""))
+    print(
+        f"{name}, {len(nodes)} graph nodes (get_graph_node_names, less the input), {source}, "
+        f"batch {args.batch_size}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}"
+    )
+    del model, loader
+    ours = spawn("ours", argv)
+    if args.ours_only:
+        for node in nodes:
+            print(f"{node.name:14s} csi {ours['csi'][node.name]:.4f}")
+        print(f"ours (hooks on all nodes; features {ours['plan']}): {ours['seconds']:8.2f} s, {memory(ours)}")
+        return
+    reference = spawn("per-node", argv)
+    print(f"{'node':14s} {'csi (per node)':>15s} {'csi (ours)':>11s} {'|diff|':>8s}")
+    diffs = []
+    for node in nodes:
+        a, b = reference["csi"][node.name], ours["csi"][node.name]
+        diffs.append(abs(a - b))
+        print(f"{node.name:14s} {a:15.4f} {b:11.4f} {abs(a - b):8.1e}")
+    print(f"max |CSI difference| over {len(nodes)} nodes: {max(diffs):.1e}"
+          f" ({'the same on every node' if max(diffs) <= 1e-6 else 'NOT the same'})")  # fmt: skip
+    print(f"per node (one feature-extractor forward per node): {reference['seconds']:8.2f} s, "
+          f"{memory(reference)}")  # fmt: skip
+    print(f"ours (hooks on all nodes; features {ours['plan']}):")
+    print(f"{'':51s}{ours['seconds']:8.2f} s, {memory(ours)}")
+    print(f"speed-up: {reference['seconds'] / ours['seconds']:.2f}x")
+    if max(diffs) > 1e-6:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from compresskit.analysis import (
     features_nbytes,
     format_size,
     iterate_layer_outputs,
+    layer_csi,
     layer_table,
     linear_probe,
     parse_metrics,
@@ -323,6 +324,10 @@ def test_held_and_streamed_features_give_the_same_csi_and_si():
                 assert abs(table[f"csi_{split}"][i] - expected_csi) <= 1e-6
             assert abs(with_si[f"si_{split}"][i] - _slow_si(features, labels)) <= 1e-6
     assert (held[["csi_train", "csi_test"]] < 1).any().all()  # not a case every path gets right
+    for budget, mode in ((2**30, "memory"), (0, "streaming")):
+        csi, plan = layer_csi(model, test, layers, memory_budget=budget)
+        assert plan.mode == mode and list(csi) == [layer.name for layer in layers]
+        assert list(csi.values()) == held["csi_test"].tolist()
     assert (
         np.abs(
             held[["csi_train", "csi_test"]].to_numpy() - streamed[["csi_train", "csi_test"]].to_numpy()

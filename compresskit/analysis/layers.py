@@ -190,9 +190,7 @@ def layer_table(
     """
     progress = progress or Progress(enabled=False)
     metrics = tuple(metrics)
-    budget = default_memory_budget() if memory_budget is None else int(memory_budget)
-    if budget < 0:
-        raise ValueError(f"memory_budget must be a number of bytes >= 0, got {memory_budget!r}.")
+    budget = _budget(memory_budget)
     splits = {
         split: _passes(model, loader, layers, metrics, progress, split, budget)
         for split, loader in (("train", train), ("test", test))
@@ -226,6 +224,31 @@ def layer_table(
     table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
     table.attrs["features"] = {split: feats.plan for split, feats in splits.items()}
     return table
+
+
+def layer_csi(
+    model: nn.Module,
+    loader: Loader,
+    layers: Sequence[Layer],
+    *,
+    memory_budget: int | None = None,
+    progress: Progress | None = None,
+) -> tuple[dict[str, float], FeaturePlan]:
+    """CSI of every layer of `layers` on the samples `loader` yields: ``{name: CSI in [0, 1]}`` in
+    layer order, and the `FeaturePlan` that says how the features were handled (held for one
+    forward pass when they fit `memory_budget` bytes, default a quarter of the total memory;
+    streamed in two beyond it; the same CSI either way)."""
+    progress = progress or Progress(enabled=False)
+    feats = _passes(model, loader, layers, ("csi",), progress, "samples", _budget(memory_budget))
+    assert feats.plan is not None
+    return {layer.name: feats.centres[layer.name].value() for layer in layers}, feats.plan
+
+
+def _budget(memory_budget: int | None) -> int:
+    budget = default_memory_budget() if memory_budget is None else int(memory_budget)
+    if budget < 0:
+        raise ValueError(f"memory_budget must be a number of bytes >= 0, got {memory_budget!r}.")
+    return budget
 
 
 def block_csi(
