@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from compresskit.distributed import shard
 from compresskit.errors import CompresskitError
 
 IMAGE_SIZE = 32
@@ -554,12 +555,35 @@ def default_augmentation(dataset: str) -> Augmentation:
     return Augmentation(crop_padding=4, flip=True)
 
 
-def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+@dataclass(frozen=True)
+class Rows:
+    """Which rows ``[start, stop)`` of a batch of `total` images a process holds (its shard of a
+    global batch under `torch.distributed`). The augmentations draw their random numbers for all
+    `total` images and keep these rows, so every process's generator advances alike and each image
+    gets the numbers it would get in one process."""
+
+    start: int
+    stop: int
+    total: int
+
+
+def _draw_count(images: torch.Tensor, rows: Rows | None) -> int:
+    return images.shape[0] if rows is None else rows.total
+
+
+def _mine(drawn: torch.Tensor, rows: Rows | None) -> torch.Tensor:
+    return drawn if rows is None else drawn[rows.start : rows.stop]
+
+
+def random_crop(
+    images: torch.Tensor, padding: int, generator: torch.Generator, rows: Rows | None = None
+) -> torch.Tensor:
     """Zero-pad B×C×H×W images by `padding` and cut each back to H×W at its own random offset."""
     b, c, h, w = images.shape
+    n = _draw_count(images, rows)
     padded = F.pad(images, (padding, padding, padding, padding))
-    dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(images.device)
-    dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(images.device)
+    dy = _mine(torch.randint(0, 2 * padding + 1, (n,), generator=generator), rows).to(images.device)
+    dx = _mine(torch.randint(0, 2 * padding + 1, (n,), generator=generator), rows).to(images.device)
     rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]
     cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, None, :]
     batch = torch.arange(b, device=images.device)[:, None, None, None]
@@ -567,29 +591,35 @@ def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) 
     return padded[batch, chan, rows, cols]
 
 
-def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def random_flip(images: torch.Tensor, generator: torch.Generator, rows: Rows | None = None) -> torch.Tensor:
     """Mirror each image left-right with probability 1/2."""
-    flip = (torch.rand(images.shape[0], generator=generator) < 0.5).to(images.device)
+    drawn = torch.rand(_draw_count(images, rows), generator=generator)
+    flip = (_mine(drawn, rows) < 0.5).to(images.device)
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
-def random_cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+def random_cutout(
+    images: torch.Tensor, size: int, generator: torch.Generator, rows: Rows | None = None
+) -> torch.Tensor:
     """Zero a size×size square (clipped at the border) at a random centre in each image."""
-    b, _, h, w = images.shape
-    cy = torch.randint(0, h, (b,), generator=generator).to(images.device)
-    cx = torch.randint(0, w, (b,), generator=generator).to(images.device)
+    _, _, h, w = images.shape
+    n = _draw_count(images, rows)
+    cy = _mine(torch.randint(0, h, (n,), generator=generator), rows).to(images.device)
+    cx = _mine(torch.randint(0, w, (n,), generator=generator), rows).to(images.device)
     ys = torch.arange(h, device=images.device)[None, :] - (cy[:, None] - size // 2)
     xs = torch.arange(w, device=images.device)[None, :] - (cx[:, None] - size // 2)
     inside = ((ys >= 0) & (ys < size))[:, :, None] & ((xs >= 0) & (xs < size))[:, None, :]
     return images.masked_fill(inside[:, None], 0.0)
 
 
-def random_jitter(images: torch.Tensor, amount: float, generator: torch.Generator) -> torch.Tensor:
+def random_jitter(
+    images: torch.Tensor, amount: float, generator: torch.Generator, rows: Rows | None = None
+) -> torch.Tensor:
     """Brightness, contrast and (3 channels) saturation jitter on B×C×H×W floats in [0, 1]."""
-    b = images.shape[0]
+    n = _draw_count(images, rows)
 
     def factors() -> torch.Tensor:
-        f = 1 + (torch.rand(b, generator=generator) * 2 - 1) * amount
+        f = 1 + (_mine(torch.rand(n, generator=generator), rows) * 2 - 1) * amount
         return f.to(images.device)[:, None, None, None]
 
     x = images * factors()
@@ -640,13 +670,16 @@ def rotation_angles(n: int, degrees: float, generator: torch.Generator) -> torch
     return (torch.rand(n, generator=generator) * 2 - 1) * degrees
 
 
-def random_rotate(images: torch.Tensor, degrees: float, generator: torch.Generator) -> torch.Tensor:
+def random_rotate(
+    images: torch.Tensor, degrees: float, generator: torch.Generator, rows: Rows | None = None
+) -> torch.Tensor:
     """Rotate each image by its own angle from [-degrees, +degrees]; see `rotate_batch`.
 
-    Draws exactly `len(images)` numbers from `generator` (on the CPU, like the other parts), so a
-    run that resumes its loader's generator state gets the same angles.
+    Draws exactly `len(images)` numbers (`rows.total` with `rows`) from `generator` (on the CPU,
+    like the other parts), so a run that resumes its loader's generator state gets the same angles.
     """
-    return rotate_batch(images, rotation_angles(images.shape[0], degrees, generator))
+    angles = rotation_angles(_draw_count(images, rows), degrees, generator)
+    return rotate_batch(images, _mine(angles, rows))
 
 
 class Loader:
@@ -659,6 +692,14 @@ class Loader:
     Augmentation order: crop on the uint8 batch; then, as float32 in 0..255 units (before
     normalisation), flip, rotate (zero = black fill) and jitter; normalisation; cutout last (its
     zero is the dataset mean). A part that is off draws nothing from the generator.
+
+    Sharded (`world_size` > 1, one loader per process of `torch.distributed`): `batch_size` is the
+    global batch. Every rank draws the same order from the same seed and cuts the same global
+    batches; rank `rank` yields its contiguous share of each (`distributed.shard`: disjoint, all
+    shares together the global batch, sizes differing by at most one), augmented with the random
+    numbers one process would have drawn for those images. A shuffled (training) loader drops a
+    last global batch smaller than `world_size`, so every rank takes the same number of steps; an
+    unshuffled (evaluation) loader keeps every image and skips a rank's empty share.
     """
 
     def __init__(
@@ -674,9 +715,14 @@ class Loader:
         seed: int = 0,
         device: torch.device | str = "cpu",
         channels_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if batch_size <= 0:
             raise CompresskitError(f"--batch-size {batch_size} must be a positive integer.")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+        self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
         self.images = split.images.to(self.device)
         self.labels = split.labels.to(self.device)
@@ -690,11 +736,20 @@ class Loader:
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1) * 255.0
 
     def __len__(self) -> int:
-        n = len(self.labels)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        """Steps per epoch: global batches (the same number on every rank)."""
+        return len(self.global_batch_sizes())
+
+    def global_batch_sizes(self) -> list[int]:
+        """The size of every global batch of an epoch, over all ranks (see the class notes)."""
+        n, b = len(self.labels), self.batch_size
+        sizes = [b] * (n // b) + ([n % b] if n % b and not self.drop_last else [])
+        if self.world_size > 1 and self.shuffle and sizes and sizes[-1] < self.world_size:
+            sizes.pop()
+        return sizes
 
     @property
     def num_samples(self) -> int:
+        """Images in the whole split (all ranks together)."""
         return len(self.labels)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -703,24 +758,32 @@ class Loader:
             order = torch.randperm(n, generator=self.generator).to(self.device)
         else:
             order = torch.arange(n, device=self.device)
-        for i in range(len(self)):
-            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            yield self._prepare(self.images[idx]), self.labels[idx]
+        start = 0
+        for size in self.global_batch_sizes():
+            idx = order[start : start + size]
+            start += size
+            if self.world_size == 1:
+                yield self._prepare(self.images[idx]), self.labels[idx]
+                continue
+            mine = shard(size, self.rank, self.world_size)
+            x = self._prepare(self.images[idx[mine]], Rows(mine.start, mine.stop, size))
+            if len(x):
+                yield x, self.labels[idx[mine]]
 
-    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+    def _prepare(self, images: torch.Tensor, rows: Rows | None = None) -> torch.Tensor:
         aug, g = self.augment, self.generator
         if aug.crop_padding:
-            images = random_crop(images, aug.crop_padding, g)
+            images = random_crop(images, aug.crop_padding, g, rows)
         x = images.float()
         if aug.flip:
-            x = random_flip(x, g)
+            x = random_flip(x, g, rows)
         if aug.rotate:
-            x = random_rotate(x, aug.rotate, g)
+            x = random_rotate(x, aug.rotate, g, rows)
         if aug.jitter:
-            x = random_jitter(x / 255.0, aug.jitter, g) * 255.0
+            x = random_jitter(x / 255.0, aug.jitter, g, rows) * 255.0
         x = (x - self.mean) / self.std
         if aug.cutout:
-            x = random_cutout(x, aug.cutout, g)
+            x = random_cutout(x, aug.cutout, g, rows)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x

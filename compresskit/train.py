@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compresskit import distributed
 from compresskit.errors import CompresskitError
 from compresskit.progress import Progress
 
@@ -50,6 +51,7 @@ class TrainConfig:
     device: str = "auto"
     compile: bool = False
     precision: str = "auto"  # auto | fp32 | bf16: see resolve_precision
+    sync_bn: bool = False  # under torch.distributed: batch-norm statistics over the global batch
 
     def validate(self, *, has_validation: bool = True) -> None:
         """Raise `CompresskitError` naming the first flag whose value is not allowed.
@@ -218,8 +220,25 @@ def evaluate(
     *,
     precision: Precision | None = None,
 ) -> tuple[float, float]:
-    """Mean cross-entropy (nats) and accuracy (fraction) of `model` over `loader`."""
+    """Mean cross-entropy (nats) and accuracy (fraction) of `model` over `loader`.
+
+    A sharded loader (``loader.world_size > 1``, one per process) gives each rank its share; the
+    loss sums, correct counts and image counts are summed over the ranks, so every rank returns
+    the numbers of the whole split (a collective: every rank must call this)."""
     logits, labels = predict(model, loader, device, precision=precision)
+    if getattr(loader, "world_size", 1) > 1:
+        device = device or next(model.parameters()).device
+        totals = torch.tensor(
+            [
+                F.cross_entropy(logits, labels, reduction="sum").item() if len(labels) else 0.0,
+                (logits.argmax(1) == labels).sum().item() if len(labels) else 0.0,
+                float(len(labels)),
+            ],
+            dtype=torch.float64,
+            device=device,
+        )
+        loss_sum, correct, count = distributed.all_reduce_sum(totals).tolist()
+        return (loss_sum / count, correct / count) if count else (float("nan"), float("nan"))
     loss = F.cross_entropy(logits, labels).item() if len(labels) else float("nan")
     acc = (logits.argmax(1) == labels).double().mean().item() if len(labels) else float("nan")
     return loss, acc
@@ -365,6 +384,14 @@ def fit(
     same epochs, bit for bit on CPU, as a run that never stopped. An interrupt (Ctrl-C) propagates:
     the last state handed to `on_epoch` is the one to resume from. `on_step(step, loss)` sees the
     training loss (nats) after every optimizer step, numbered from 1 across epochs.
+
+    Under `torch.distributed` (`distributed.world_size()` > 1; every rank calls `fit` with its own
+    sharded loaders, see `data.Loader`) the model trains wrapped in DistributedDataParallel
+    (`cfg.sync_bn`: with SyncBatchNorm, turned back into plain batch norm on return), each rank's
+    loss weighted by its share of the global batch so the averaged gradient is the global batch's;
+    the epoch's training loss and accuracy are summed over ranks, rank 0's batch-norm statistics
+    are copied to every rank before each validation, and `on_epoch` sees the same state on every
+    rank (with every rank's torch random state, so a resumed run continues each rank's dropout).
     """
     cfg.validate(has_validation=val_loader is not None)
     progress = progress or Progress(enabled=False)
@@ -372,13 +399,52 @@ def fit(
     precision = resolve_precision(cfg.precision, device)
     if precision.channels_last:
         model.to(memory_format=torch.channels_last)
-    torch.manual_seed(cfg.seed)  # dropout masks
+    world, rank = distributed.world_size(), distributed.rank()
+    torch.manual_seed(cfg.seed + rank)  # dropout masks, independent per rank
     optimizer = make_optimizer(parameters if parameters is not None else model.parameters(), cfg)
     steps_per_epoch = max(len(train_loader), 1)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(cfg, step, steps_per_epoch)
     )
-    step_fn = torch.compile(model) if cfg.compile else model
+    train_module: nn.Module = model
+    global_sizes: list[int] | None = None
+    if world > 1:
+        if cfg.sync_bn:
+            distributed.to_sync_batchnorm(model)
+        train_module = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+        global_sizes = train_loader.global_batch_sizes()
+    step_fn = torch.compile(train_module) if cfg.compile else train_module
+    try:
+        return _fit_epochs(
+            model, step_fn, optimizer, schedule, train_loader, val_loader, cfg, device, precision,
+            progress, resume, on_epoch, on_step, global_sizes,
+        )  # fmt: skip
+    finally:
+        if world > 1 and cfg.sync_bn:
+            distributed.from_sync_batchnorm(model)
+
+
+def _fit_epochs(
+    model: nn.Module,
+    step_fn: Callable,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LambdaLR,
+    train_loader,
+    val_loader,
+    cfg: TrainConfig,
+    device: torch.device,
+    precision: Precision,
+    progress: Progress,
+    resume: TrainingState | None,
+    on_epoch: Callable[[TrainingState], None] | None,
+    on_step: Callable[[int, float], None] | None,
+    global_sizes: list[int] | None,
+) -> FitResult:
+    """`fit`'s epochs. `global_sizes`: under torch.distributed, the global batch size of every
+    step of an epoch (None in one process)."""
+    world = distributed.world_size()
     history: list[dict] = []
     best_state = _cpu_copy(model)
     best_epoch, best_acc, since_best = 0, -1.0, 0
@@ -393,6 +459,9 @@ def fit(
         monitor_best = resume.monitor_best
         first_epoch, spent = resume.epoch + 1, resume.seconds
         restore_rng(resume.rng, train_loader)
+        ranks = resume.rng.get("ranks")
+        if ranks is not None and len(ranks) == world:
+            torch.set_rng_state(ranks[distributed.rank()])
     stop_reason = _should_stop(cfg, history[-1], since_best) if history else ""
     if stop_reason:  # the resumed run had already stopped early
         first_epoch = cfg.epochs + 1
@@ -406,12 +475,15 @@ def fit(
         correct = torch.zeros((), device=device)
         seen = 0
         with progress.task(f"epoch {epoch}/{cfg.epochs}", total=len(train_loader)) as advance:
-            for x, y in train_loader:
+            for i, (x, y) in enumerate(train_loader):
                 with precision.autocast(device):
                     out = step_fn(as_input(x, precision))
                     loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if global_sizes is None:
+                    loss.backward()
+                else:  # DDP averages over ranks; the global batch's mean weights ranks by their share
+                    (loss * (len(y) * world / global_sizes[i])).backward()
                 optimizer.step()
                 schedule.step()
                 if on_step is not None:
@@ -420,6 +492,12 @@ def fit(
                 correct += (out.detach().argmax(1) == y).sum()
                 seen += len(y)
                 advance()
+        if world > 1:
+            seen_here = torch.tensor(float(seen), dtype=torch.float64, device=device)
+            totals = torch.stack([loss_sum.double(), correct.double(), seen_here])
+            loss_sum, correct, seen_sum = distributed.all_reduce_sum(totals)
+            seen = int(seen_sum.item())
+            distributed.broadcast_buffers(model)
         row = {
             "epoch": epoch,
             "lr": lr,
@@ -441,12 +519,13 @@ def fit(
             since_best += 1
         else:
             since_best, monitor_best = 0, row[cfg.patience_metric] if val_loader is not None else None
+        rng = _capture_all_rng(train_loader)  # a collective under torch.distributed: on every rank
         if on_epoch is not None:
             on_epoch(TrainingState(
                 epoch=epoch, history=list(history), optimizer=optimizer.state_dict(),
                 schedule=schedule.state_dict(), best_state=best_state, best_epoch=best_epoch,
                 best_score=best_acc, since_best=since_best, monitor_best=monitor_best,
-                seconds=spent + time.perf_counter() - start, rng=capture_rng(train_loader),
+                seconds=spent + time.perf_counter() - start, rng=rng,
             ))  # fmt: skip
         reason = _should_stop(cfg, row, since_best)
         if reason:
@@ -460,6 +539,15 @@ def fit(
         stop_reason=stop_reason,
         seconds=spent + time.perf_counter() - start,
     )
+
+
+def _capture_all_rng(loader) -> dict:
+    """`capture_rng`, plus under torch.distributed every rank's torch generator (``ranks``, in rank
+    order): the loader's generator is the same on every rank, the dropout generators are not."""
+    state = capture_rng(loader)
+    if distributed.world_size() > 1:
+        state["ranks"] = distributed.gather_objects(state["torch"])
+    return state
 
 
 def _improved(cfg: TrainConfig, row: dict, best: float | None) -> bool:
