@@ -132,6 +132,13 @@ Source = Annotated[
 FinetuneEpochs = Annotated[int, typer.Option(help="Fine-tuning epochs in all.")]
 FinetuneLr = Annotated[float, typer.Option(help="Peak fine-tuning learning rate (SGD, cosine).")]
 Seed = Annotated[int, typer.Option(help="Seed of the fine-tuning batches and the subsets.")]
+SyncBn = Annotated[
+    bool,
+    typer.Option(
+        "--sync-bn",
+        help="Under torchrun on CUDA: batch-norm statistics over the global batch (SyncBatchNorm).",
+    ),
+]
 
 
 @contextmanager
@@ -224,6 +231,7 @@ def train(
     device: Device = DeviceName.auto,
     precision: PrecisionOption = PrecisionName.auto,
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (opt-in)."),
+    sync_bn: SyncBn = False,
     layerwise: bool = typer.Option(False, "--layerwise", help="Greedy layer-wise: one conv block per stage."),
     freeze: bool = typer.Option(True, help="--layerwise: freeze earlier blocks (variant B) or not (C)."),
     stage_epochs: str = typer.Option("7", help="--layerwise: epochs per stage, one value or one per block."),
@@ -236,14 +244,15 @@ def train(
     quiet: Quiet = False,
 ) -> None:
     """Train a model from scratch into a run directory (end to end, or --layerwise); --resume RUN
-    continues a stopped one."""
+    continues a stopped one. Under torchrun --nproc_per_node N: data-parallel over N processes."""
+    from compresskit import distributed
     from compresskit.jobs import DataOptions, ModelOptions, resume_train_run, train_run
     from compresskit.layerwise import LayerwiseConfig
     from compresskit.progress import Progress
     from compresskit.train import TrainConfig
 
     with user_errors():
-        progress = Progress(enabled=not quiet)
+        progress = Progress(enabled=not quiet and distributed.is_main())
         data_folder = str(data_dir) if data_dir is not None else None
         if resume is not None:
             _refuse_changes(ctx, {"resume", "data_dir", "download", "quiet"}, "--resume")
@@ -257,6 +266,7 @@ def train(
                 label_smoothing=label_smoothing, target_accuracy=target_accuracy, patience=patience,
                 seed=seed, device=device.value, compile=compile, precision=precision.value,
                 patience_metric=patience_metric.value, min_delta=min_delta, nesterov=nesterov,
+                sync_bn=sync_bn,
             )  # fmt: skip
             summary = train_run(
                 out,
@@ -273,6 +283,8 @@ def train(
                 ) if layerwise else None,
                 tensorboard=tensorboard,
             )  # fmt: skip
+    if not distributed.is_main():
+        return
     _print_table(
         f"trained {summary['model']} on {summary['dataset']}",
         [
@@ -283,8 +295,15 @@ def train(
             ("best val accuracy", _pct(summary["best_val_acc"])),
             ("test accuracy (best)", _pct(summary["test_acc"])),
             ("test accuracy (last)", _pct(summary["last_test_acc"])),
-            ("training time", f"{summary['train_seconds']:.1f} s on {summary['device']}"),
+            ("training time", _train_time(summary)),
         ],
+    )
+
+
+def _train_time(summary: dict) -> str:
+    processes = summary.get("world_size", 1)
+    return f"{summary['train_seconds']:.1f} s on {summary['device']}" + (
+        f" × {processes} processes" if processes > 1 else ""
     )
 
 
@@ -461,13 +480,27 @@ RESUME_ALLOWED = {"resume", "data_dir", "download", "quiet", "bench_seconds", "t
 def _resume_compression(ctx: typer.Context, run: Path, command: str, data_dir: Path | None, download: bool,
                         bench_seconds: float, threads: int | None, quiet: bool) -> dict:  # fmt: skip
     from compresskit.jobs import resume_compress_run
-    from compresskit.progress import Progress
 
     _refuse_changes(ctx, RESUME_ALLOWED, "--resume")
     return resume_compress_run(
         run, command, data_dir=str(data_dir) if data_dir is not None else None, download=download,
-        bench_seconds=bench_seconds, threads=threads, progress=Progress(enabled=not quiet),
+        bench_seconds=bench_seconds, threads=threads, progress=_progress(quiet),
     )  # fmt: skip
+
+
+def _progress(quiet: bool):
+    """Progress on stderr, from rank 0 only under torchrun."""
+    from compresskit import distributed
+    from compresskit.progress import Progress
+
+    return Progress(enabled=not quiet and distributed.is_main())
+
+
+def _elsewhere() -> bool:
+    """Whether this is a torchrun process other than rank 0 (which prints nothing)."""
+    from compresskit import distributed
+
+    return not distributed.is_main()
 
 
 def _source_and_out(checkpoint: Path | None, out: Path | None, command: str) -> tuple[Path, Path]:
@@ -503,6 +536,7 @@ def prune(
     seed: int = typer.Option(0, help="Seed of the batches, the calibration subset, random importance."),
     device: Device = DeviceName.auto,
     precision: PrecisionOption = PrecisionName.auto,
+    sync_bn: SyncBn = False,
     data_dir: RunDataDir = None,
     download: Download = True,
     bench_seconds: BenchSeconds = 1.0,
@@ -513,7 +547,6 @@ def prune(
     """Remove whole channels (torch-pruning), fine-tune, and report the savings."""
     from compresskit.compress import PruneConfig
     from compresskit.jobs import prune_run
-    from compresskit.progress import Progress
     from compresskit.train import TrainConfig
 
     with user_errors():
@@ -532,12 +565,15 @@ def prune(
                 epochs=finetune_epochs, batch_size=batch_size, lr=lr, optimizer=optimizer.value,
                 momentum=momentum, weight_decay=weight_decay, schedule=schedule.value,
                 label_smoothing=label_smoothing, seed=seed, device=device.value, precision=precision.value,
+                sync_bn=sync_bn,
             )  # fmt: skip
             result = prune_run(
                 checkpoint, out, cfg, finetune, calibration_samples=calibration_samples,
                 options=_job_options(data_dir, download, bench_seconds, threads, overwrite),
-                progress=Progress(enabled=not quiet),
+                progress=_progress(quiet),
             )  # fmt: skip
+    if _elsewhere():
+        return
     _print_report(result["table"], f"pruned → {escape(str(out))}")
     _print_table(
         "pruning",
@@ -558,12 +594,15 @@ def _job_options(data_dir: Path | None, download: bool, bench_seconds: float, th
     )  # fmt: skip
 
 
-def _finetune_config(epochs: int, lr: float, seed: int, device: DeviceName, precision: PrecisionName):
+def _finetune_config(
+    epochs: int, lr: float, seed: int, device: DeviceName, precision: PrecisionName, sync_bn: bool
+):
     from compresskit.train import TrainConfig
 
     return TrainConfig(
-        epochs=epochs, lr=lr, schedule="cosine", seed=seed, device=device.value, precision=precision.value
-    )
+        epochs=epochs, lr=lr, schedule="cosine", seed=seed, device=device.value, precision=precision.value,
+        sync_bn=sync_bn,
+    )  # fmt: skip
 
 
 @app.command()
@@ -580,6 +619,7 @@ def lowrank(
     seed: Seed = 0,
     device: Device = DeviceName.auto,
     precision: PrecisionOption = PrecisionName.auto,
+    sync_bn: SyncBn = False,
     data_dir: RunDataDir = None,
     download: Download = True,
     bench_seconds: BenchSeconds = 1.0,
@@ -590,7 +630,6 @@ def lowrank(
     """Truncated-SVD factorization of conv and linear layers, then fine-tuning and a report."""
     from compresskit.compress.lowrank import LowRankConfig
     from compresskit.jobs import lowrank_run
-    from compresskit.progress import Progress
 
     with user_errors():
         if resume is not None:
@@ -604,10 +643,12 @@ def lowrank(
                 energy = 0.9
             result = lowrank_run(
                 checkpoint, out, LowRankConfig(rank_ratio=rank_ratio, energy=energy, layers=layers),
-                _finetune_config(finetune_epochs, lr, seed, device, precision),
+                _finetune_config(finetune_epochs, lr, seed, device, precision, sync_bn),
                 options=_job_options(data_dir, download, bench_seconds, threads, overwrite),
-                progress=Progress(enabled=not quiet),
+                progress=_progress(quiet),
             )  # fmt: skip
+    if _elsewhere():
+        return
     _print_report(result["table"], f"factorized → {escape(str(out))}")
     written = f"{out}/ (checkpoint.pt, factorized.pt, ranks.csv, report.md, report.csv)"
     _print_table("low-rank", [("written", written)])
@@ -627,6 +668,7 @@ def depth(
     seed: Seed = 0,
     device: Device = DeviceName.auto,
     precision: PrecisionOption = PrecisionName.auto,
+    sync_bn: SyncBn = False,
     data_dir: RunDataDir = None,
     download: Download = True,
     bench_seconds: BenchSeconds = 1.0,
@@ -636,7 +678,6 @@ def depth(
 ) -> None:
     """Remove the conv blocks after test CSI stops growing, attach a fresh head, fine-tune, report."""
     from compresskit.jobs import depth_run
-    from compresskit.progress import Progress
 
     with user_errors():
         if resume is not None:
@@ -647,11 +688,13 @@ def depth(
         else:
             checkpoint, out = _source_and_out(checkpoint, out, "depth")
             result = depth_run(
-                checkpoint, out, _finetune_config(finetune_epochs, lr, seed, device, precision),
+                checkpoint, out, _finetune_config(finetune_epochs, lr, seed, device, precision, sync_bn),
                 min_gain=min_gain, keep_blocks=keep_blocks, samples=samples,
                 options=_job_options(data_dir, download, bench_seconds, threads, overwrite),
-                progress=Progress(enabled=not quiet),
+                progress=_progress(quiet),
             )  # fmt: skip
+    if _elsewhere():
+        return
     view = Table(box=box.SIMPLE_HEAD, title="test CSI per block", title_justify="left")
     for column in ("block", "test CSI", "gain", "kept"):
         view.add_column(column, justify="left" if column == "block" else "right")

@@ -322,6 +322,7 @@ class RunConfig:
     tensorboard: bool = False  # TensorBoard event files in RUN/tensorboard/
     threads: int = 1
     versions: dict = field(default_factory=dict)
+    world_size: int = 1  # processes that trained it (torchrun), each with its share of every batch
 
     def to_dict(self) -> dict:
         return asdict(self)

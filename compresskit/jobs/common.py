@@ -9,11 +9,12 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
 import torch
 
-from compresskit import __version__
+from compresskit import __version__, distributed
 from compresskit.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from compresskit.data import Augmentation, ImageDataset, Loader, load_dataset
 from compresskit.errors import CompresskitError
@@ -23,6 +24,7 @@ from compresskit.rundir import DataRecord, RunConfig, read_config, set_state, wr
 from compresskit.train import HISTORY_COLUMNS, TrainingState
 
 LAST_NAME = "last.pt"
+T = TypeVar("T")
 
 
 class RunInterrupted(CompresskitError):
@@ -54,13 +56,15 @@ def data_loaders(
 ) -> tuple[Loader, Loader | None, Loader]:
     """Train (shuffled from `seed`, augmented by `augment` or the recorded recipe), validation
     (the recorded split, checked) and test loaders on `device`, normalised with the recorded
-    statistics."""
+    statistics. Under torchrun each loader yields this rank's share of every global batch."""
     train_idx, val_idx = record.split.indices(data.train.labels, where)
     stats = {
         "mean": tuple(record.mean),
         "std": tuple(record.std),
         "device": device,
         "channels_last": device.type == "cuda",
+        "rank": distributed.rank(),
+        "world_size": distributed.world_size(),
     }
     augment = augment if augment is not None else Augmentation.parse(record.augment)
     eval_batch = max(batch_size, 256)
@@ -71,11 +75,22 @@ def data_loaders(
     return train, val, Loader(data.test, eval_batch, **stats)
 
 
+def main_first(load: Callable[[], T]) -> T:
+    """`load()` on rank 0 first, then on the other ranks (a dataset rank 0 may download once)."""
+    if distributed.is_main():
+        value = load()
+        distributed.barrier()
+        return value
+    distributed.barrier()
+    return load()
+
+
 def run_dataset(config: RunConfig, data_dir: str | None, *, download: bool, where: str) -> ImageDataset:
     """The dataset a run was made with (from `data_dir`, else the recorded folder), checked
     against the run's classes and channels."""
     record = config.data
-    data = load_dataset(record.dataset, data_dir or record.data_dir, download=download, labels=record.labels)
+    folder = data_dir or record.data_dir
+    data = main_first(lambda: load_dataset(record.dataset, folder, download=download, labels=record.labels))
     spec = ModelSpec.from_dict(config.model.spec)
     if data.num_classes != len(record.classes) or data.channels != spec.in_channels:
         raise CompresskitError(
@@ -150,23 +165,38 @@ class EpochRecorder:
 def recording_state(folder: Path) -> Iterator[None]:
     """Run the body as the live run in `folder`: SIGTERM acts like Ctrl-C; an interrupt marks the
     run ``interrupted`` and raises `RunInterrupted`; any other error marks it ``failed``; success
-    marks it ``finished``."""
+    marks it ``finished``. Under torchrun only rank 0 records; every rank raises alike."""
     previous = _catch_sigterm()
+    record = set_state if distributed.is_main() else _record_nothing
     try:
         yield
     except KeyboardInterrupt:
-        set_state(folder, "interrupted", "stopped by a signal; the last finished epoch is in last.pt")
+        record(folder, "interrupted", "stopped by a signal; the last finished epoch is in last.pt")
         raise RunInterrupted(
             f"interrupted; {folder} keeps every finished epoch — continue with --resume {folder}."
         ) from None
     except BaseException as exc:
-        set_state(folder, "failed", f"{type(exc).__name__}: {exc}"[:500])
+        record(folder, "failed", f"{type(exc).__name__}: {exc}"[:500])
         raise
     else:
-        set_state(folder, "finished")
+        record(folder, "finished")
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _record_nothing(folder: Path, state: str, message: str = "") -> None:
+    """A rank other than 0: the run directory is rank 0's to write."""
+
+
+def main_only(write: Callable[..., object]) -> Callable[..., None]:
+    """`write` on rank 0; nothing on the other ranks (which write no files)."""
+
+    def on_main(*args, **kwargs) -> None:
+        if distributed.is_main():
+            write(*args, **kwargs)
+
+    return on_main
 
 
 def _catch_sigterm() -> Callable | int | None:

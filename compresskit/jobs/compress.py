@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from compresskit import distributed
 from compresskit.analysis.layers import block_csi
 from compresskit.checkpoint import (
     CHECKPOINT_NAME,
@@ -155,6 +156,8 @@ def open_job(checkpoint: str | Path, finetune: TrainConfig, options: JobOptions)
     at_least_one = TrainConfig(**{**finetune.to_dict(), "epochs": max(finetune.epochs, 1)})
     at_least_one.validate(has_validation=source_config.data.split.val_count > 0)
     device = resolve_device(finetune.device)
+    distributed.check_batch_size(finetune.batch_size)
+    distributed.check_sync_bn(finetune.sync_bn, device)
     where = f"--checkpoint {source.path}"
     data = run_dataset(source_config, options.data_dir, download=options.download, where=where)
     train, val, test = data_loaders(
@@ -203,6 +206,7 @@ def _run_config(
         precision=job.precision.describe(),
         threads=torch.get_num_threads(),
         versions=job.source_config.versions,
+        world_size=distributed.world_size(),
     )
 
 
@@ -235,6 +239,35 @@ def prune_run(
     options = options or JobOptions()
     cfg.validate()
     _check_calibration(cfg, calibration_samples)
+    with distributed.session(_device(finetune)):
+        return _prune_run(checkpoint, out, cfg, finetune, calibration_samples, options, progress)
+
+
+def _device(finetune: TrainConfig) -> torch.device:
+    """Where `finetune` computes, after refusing what torchrun's processes cannot do."""
+    device = resolve_device(finetune.device)
+    distributed.check_batch_size(finetune.batch_size)
+    distributed.check_sync_bn(finetune.sync_bn, device)
+    return device
+
+
+def _create(out: Path, command: str, config: RunConfig, options: JobOptions, checkpoint: str | Path) -> None:
+    """Rank 0 makes `out` with its marker and ``config.json`` once every rank has checked it."""
+    distributed.barrier()
+    if distributed.is_main():
+        create_output(out, command, overwrite=options.overwrite, inputs=_inputs(options, checkpoint))
+        write_config(out, config)
+
+
+def _prune_run(
+    checkpoint: str | Path,
+    out: Path,
+    cfg: PruneConfig,
+    finetune: TrainConfig,
+    calibration_samples: int,
+    options: JobOptions,
+    progress: Progress,
+) -> dict:
     check_output(out, "prune", overwrite=options.overwrite, inputs=_inputs(options, checkpoint))
     job = open_job(checkpoint, finetune, options)
     pruner, layer_ratios = _pruner(job, cfg, calibration_samples, progress)
@@ -248,8 +281,7 @@ def prune_run(
         "calibration_samples": calibration_samples,
     }
     config = _run_config(job, "prune", compressed_spec, compressed, compression, step)
-    create_output(out, "prune", overwrite=options.overwrite, inputs=_inputs(options, checkpoint))
-    write_config(out, config)
+    _create(out, "prune", config, options, checkpoint)
     with recording_state(out):
         return _prune_steps(out, config, job, cfg, pruner, progress, resume=None)
 
@@ -311,15 +343,15 @@ def _prune_steps(
         saved = out / STEPS_DIR / f"{step:02d}.pt"
         if step == cfg.steps:
             compressed = rebuild(work, spec)
-            if not (out / "pruned.pt").is_file():
-                save_checkpoint(
-                    out / "pruned.pt",
-                    compressed[1],
-                    compressed[0],
-                    _meta(job, config, test_acc=job.accuracy(compressed[0])),
-                )
-                _widths_table(spec, compressed[1]).to_csv(out / "widths.csv", index=False)
-        elif saved.is_file():  # finished before the stop: take its weights, go on
+            if not _on_main_exists(out / "pruned.pt"):
+                acc = job.accuracy(compressed[0])
+                if distributed.is_main():
+                    save_checkpoint(
+                        out / "pruned.pt", compressed[1], compressed[0], _meta(job, config, test_acc=acc)
+                    )
+                    _widths_table(spec, compressed[1]).to_csv(out / "widths.csv", index=False)
+                distributed.barrier()
+        elif _on_main_exists(saved):  # finished before the stop: take its weights, go on
             done = load_checkpoint(saved)
             _same_widths(done.spec, rebuild(work, spec)[1], saved)
             work.load_state_dict(done.state_dict)
@@ -344,7 +376,7 @@ def _prune_steps(
             resume=state,
         )
         history = rows
-        if step < cfg.steps:
+        if step < cfg.steps and distributed.is_main():
             save_checkpoint(saved, rebuild(work, spec)[1], work, {"history": history},
                             training={"rng": capture_rng(job.train)})  # fmt: skip
     assert compressed is not None
@@ -361,6 +393,12 @@ def _prune_steps(
         progress,
         notes=[f"conv widths {spec.conv_widths} → {compressed[1].conv_widths}"],
     )
+
+
+def _on_main_exists(path: Path) -> bool:
+    """Whether `path` exists as rank 0 sees it, on every rank (the others then read it: the run
+    directory must be on a filesystem every rank sees)."""
+    return bool(distributed.broadcast_object(path.is_file() if distributed.is_main() else None))
 
 
 def _same_widths(saved: ModelSpec, replayed: ModelSpec, path: Path | None) -> None:
@@ -399,6 +437,18 @@ def lowrank_run(
     out = Path(out)
     options = options or JobOptions()
     cfg.validate()
+    with distributed.session(_device(finetune)):
+        return _lowrank_run(checkpoint, out, cfg, finetune, options, progress)
+
+
+def _lowrank_run(
+    checkpoint: str | Path,
+    out: Path,
+    cfg: LowRankConfig,
+    finetune: TrainConfig,
+    options: JobOptions,
+    progress: Progress,
+) -> dict:
     check_output(out, "lowrank", overwrite=options.overwrite, inputs=_inputs(options, checkpoint))
     job = open_job(checkpoint, finetune, options)
     model, spec, plans = factorize(job.model, job.spec, cfg)
@@ -421,10 +471,10 @@ def lowrank_run(
         {"lowrank": cfg.to_dict(), "factorized": done, "left_alone": left_alone},
         f"lowrank {how} ({cfg.layers})",
     )
-    create_output(out, "lowrank", overwrite=options.overwrite, inputs=_inputs(options, checkpoint))
-    write_config(out, config)
+    _create(out, "lowrank", config, options, checkpoint)
     with recording_state(out):
-        plan_table.to_csv(out / "ranks.csv", index=False)
+        if distributed.is_main():
+            plan_table.to_csv(out / "ranks.csv", index=False)
         return _compressed_fine_tune(out, config, job, (model, spec), progress, resume=None)
 
 
@@ -449,6 +499,20 @@ def depth_run(
         raise CompresskitError(f"--samples {samples} must be a positive integer.")
     if keep_blocks is not None and keep_blocks < 1:
         raise CompresskitError(f"--keep-blocks {keep_blocks} would remove every block; keep at least 1.")
+    with distributed.session(_device(finetune)):
+        return _depth_run(checkpoint, out, finetune, min_gain, keep_blocks, samples, options, progress)
+
+
+def _depth_run(
+    checkpoint: str | Path,
+    out: Path,
+    finetune: TrainConfig,
+    min_gain: float | None,
+    keep_blocks: int | None,
+    samples: int,
+    options: JobOptions,
+    progress: Progress,
+) -> dict:
     check_output(out, "depth", overwrite=options.overwrite, inputs=_inputs(options, checkpoint))
     job = open_job(checkpoint, finetune, options)
     csi, input_csi = block_csi(job.model, job.test_batches(samples))
@@ -486,10 +550,10 @@ def depth_run(
         },
         f"depth {keep} blocks ({rule})",
     )
-    create_output(out, "depth", overwrite=options.overwrite, inputs=_inputs(options, checkpoint))
-    write_config(out, config)
+    _create(out, "depth", config, options, checkpoint)
     with recording_state(out):
-        table.to_csv(out / "depth.csv", index=False)
+        if distributed.is_main():
+            table.to_csv(out / "depth.csv", index=False)
         result = _compressed_fine_tune(out, config, job, (model, spec), progress, resume=None)
     return {**result, "depth": table}
 
@@ -505,8 +569,11 @@ def _compressed_fine_tune(
     """Save ``<label>.pt``, fine-tune a copy (from `resume` when given), finish the run."""
     label = LABELS[config.command]
     model, spec = compressed
-    if not (out / f"{label}.pt").is_file():
-        save_checkpoint(out / f"{label}.pt", spec, model, _meta(job, config, test_acc=job.accuracy(model)))
+    if not _on_main_exists(out / f"{label}.pt"):
+        acc = job.accuracy(model)  # every rank: a collective under torchrun
+        if distributed.is_main():
+            save_checkpoint(out / f"{label}.pt", spec, model, _meta(job, config, test_acc=acc))
+        distributed.barrier()
     work = copy.deepcopy(model)
     state = None
     if resume is not None:
@@ -565,7 +632,8 @@ def _fine_tune(
         before=before,
         extra=extra,
     )
-    result = fit(model, job.train, job.val, cfg, progress=progress, resume=resume, on_epoch=recorder)
+    on_epoch = recorder if distributed.is_main() else None
+    result = fit(model, job.train, job.val, cfg, progress=progress, resume=resume, on_epoch=on_epoch)
     return result, recorder.combined(result.history)
 
 
@@ -587,6 +655,13 @@ def _finish(
     and ``summary.json``. `final` is the fine-tuned model (last epoch). Returns the summary."""
     compressed_model, spec = compressed
     final_spec = spec  # fine-tuning keeps the compressed architecture
+    last_acc = job.accuracy(final)  # the evaluations run on every rank (collectives under torchrun)
+    last_state = {k: v.detach().clone() for k, v in final.state_dict().items()}
+    if best is not None:
+        final.load_state_dict(best.best_state)
+    final_acc = job.accuracy(final)
+    if not distributed.is_main():
+        return {"run": str(out), "test_acc": final_acc, "table": None}
     # evaluated when <label>.pt was saved, before fine-tuning (perhaps by the run that stopped)
     compressed_acc = load_checkpoint(out / f"{label}.pt").meta["test_acc"]
     write_history(out / "history.csv", history)
@@ -594,13 +669,10 @@ def _finish(
     save_checkpoint(
         out / LAST_NAME,
         final_spec,
-        final,
-        _meta(job, config, test_acc=job.accuracy(final)),
+        last_state,
+        _meta(job, config, test_acc=last_acc),
         training=None if last is None else last.training,
     )
-    if best is not None:
-        final.load_state_dict(best.best_state)
-    final_acc = job.accuracy(final)
     save_checkpoint(
         out / CHECKPOINT_NAME,
         final_spec,
@@ -705,6 +777,17 @@ def resume_compress_run(
     check_resumable(run, command)
     config = read_config(run)
     options = JobOptions(data_dir=data_dir, download=download, bench_seconds=bench_seconds, threads=threads)
+    finetune = TrainConfig(**config.train)
+    device = resolve_device(finetune.device)
+    if distributed.world_size() > 1:  # a resumed --sync-bn run may go on in one process
+        device = _device(finetune)
+    with distributed.session(device):
+        return _resume_compress_run(run, command, config, options, progress)
+
+
+def _resume_compress_run(
+    run: Path, command: str, config: RunConfig, options: JobOptions, progress: Progress
+) -> dict:
     job = open_job(config.source, TrainConfig(**config.train), options)
     if job.source_config.data.split != config.data.split:
         raise CompresskitError(
@@ -713,7 +796,9 @@ def resume_compress_run(
     last = load_checkpoint(run / LAST_NAME) if (run / LAST_NAME).is_file() else None
     if last is not None and last.training is None:
         last = None  # a finished fine-tuning's last.pt: the run stopped while writing its report
-    set_state(run, "running")
+    distributed.barrier()  # every rank has checked run.json before rank 0 marks it running
+    if distributed.is_main():
+        set_state(run, "running")
     progress.log(f"resuming {run}" + (f" after fine-tuning epoch {last.meta.get('epoch')}" if last else ""))
     with recording_state(run):
         if command == "prune":
@@ -732,6 +817,6 @@ def resume_compress_run(
         result = _compressed_fine_tune(
             run, config, job, (compressed.build(job.device), compressed.spec), progress, resume=last
         )
-        if command == "depth":
+        if command == "depth" and distributed.is_main():
             result["depth"] = pd.read_csv(run / "depth.csv")
         return result

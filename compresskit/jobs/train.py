@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from compresskit import distributed
 from compresskit.analysis.layers import block_csi
 from compresskit.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, save_checkpoint
 from compresskit.data import (
@@ -34,6 +35,7 @@ from compresskit.jobs.common import (
     LAST_NAME,
     EpochRecorder,
     data_loaders,
+    main_first,
     recording_state,
     run_dataset,
     versions,
@@ -67,6 +69,7 @@ from compresskit.rundir import (
 from compresskit.train import (
     HISTORY_COLUMNS,
     FitResult,
+    Precision,
     TrainConfig,
     TrainingState,
     capture_rng,
@@ -146,19 +149,55 @@ def train_run(
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     check_init(model_options.init)
+    _check_distributed(cfg, device, layerwise=layerwise is not None)
     if layerwise is not None:
         layerwise.epochs_for(len(plan.conv_widths))
         if layerwise.aug_switch is not None:
             Augmentation.parse(layerwise.aug_switch[1])
         if model_options.init != "kaiming":
             raise CompresskitError("--init torch is for end-to-end training; --layerwise stages use Kaiming.")
-    check_output(out, "train", overwrite=overwrite)
-    data = load_dataset(
-        data_options.dataset,
-        data_options.data_dir,
-        download=data_options.download,
-        labels=data_options.labels,
-    )
+    with distributed.session(device):
+        check_output(out, "train", overwrite=overwrite)
+        distributed.barrier()  # every rank has looked at --out before rank 0 creates it
+        data = main_first(
+            lambda: load_dataset(
+                data_options.dataset,
+                data_options.data_dir,
+                download=data_options.download,
+                labels=data_options.labels,
+            )
+        )
+        return _start_training(out, model_options, data_options, cfg, data, augment, device, precision,
+                               overwrite=overwrite, progress=progress, layerwise=layerwise,
+                               tensorboard=tensorboard)  # fmt: skip
+
+
+def _check_distributed(cfg: TrainConfig, device: torch.device, *, layerwise: bool, where: str = "") -> None:
+    """Refuse what torchrun's processes cannot do (`where` names a resumed run's recorded flags)."""
+    distributed.check_batch_size(cfg.batch_size, f"{where}--batch-size")
+    if not where or distributed.world_size() > 1:  # a resumed --sync-bn run may go on in one process
+        distributed.check_sync_bn(cfg.sync_bn, device)
+    if layerwise and distributed.world_size() > 1:
+        raise CompresskitError(f"{where}--layerwise trains in one process; run it without torchrun.")
+
+
+def _start_training(
+    out: Path,
+    model_options: ModelOptions,
+    data_options: DataOptions,
+    cfg: TrainConfig,
+    data: ImageDataset,
+    augment: Augmentation,
+    device: torch.device,
+    precision: Precision,
+    *,
+    overwrite: bool,
+    progress: Progress,
+    layerwise: LayerwiseConfig | None,
+    tensorboard: bool,
+) -> dict:
+    """`train_run` after the checks, on every rank: build the model and config, rank 0 makes the
+    run directory, every rank trains."""
     spec = _model_spec(model_options, num_classes=data.num_classes, in_channels=data.channels)
     if layerwise is not None:
         spec = stage_spec(spec, len(spec.conv_widths))
@@ -184,12 +223,14 @@ def train_run(
         precision=precision.describe(),
         threads=torch.get_num_threads(),
         versions=versions(),
+        world_size=distributed.world_size(),
     )
     if tensorboard:
         TensorBoardLog.check_available()
     config.tensorboard = tensorboard
-    create_output(out, "train", overwrite=overwrite)
-    write_config(out, config)
+    if distributed.is_main():
+        create_output(out, "train", overwrite=overwrite)
+        write_config(out, config)
     with recording_state(out):
         return _train(out, config, data, model, device, progress, resume=None)
 
@@ -203,22 +244,27 @@ def resume_train_run(
     run = Path(run)
     check_resumable(run, "train")
     config = read_config(run)
-    if not (run / LAST_NAME).is_file():
-        raise CompresskitError(
-            f"--resume {run} has no {LAST_NAME}: it stopped before its first epoch "
-            "finished; start it again instead."
-        )
-    last = load_checkpoint(run / LAST_NAME)
-    if last.training is None:
-        raise CompresskitError(f"--resume {run}/{LAST_NAME} holds no training state to continue from.")
     cfg = TrainConfig(**config.train)
     device = resolve_device(cfg.device)
-    data = run_dataset(config, data_dir, download=download, where=f"--resume {run}")
-    model = ConvNet(ModelSpec.from_dict(config.model.spec))
-    set_state(run, "running")
-    progress.log(f"resuming {run} after epoch {last.meta.get('epoch')}")
-    with recording_state(run):
-        return _train(run, config, data, model, device, progress, resume=last)
+    _check_distributed(cfg, device, layerwise=config.layerwise is not None, where=f"--resume {run}: its ")
+    with distributed.session(device):
+        # every rank reads rank 0's last.pt (a filesystem all ranks see)
+        if not (run / LAST_NAME).is_file():
+            raise CompresskitError(
+                f"--resume {run} has no {LAST_NAME}: it stopped before its first epoch "
+                "finished; start it again instead."
+            )
+        last = load_checkpoint(run / LAST_NAME)
+        if last.training is None:
+            raise CompresskitError(f"--resume {run}/{LAST_NAME} holds no training state to continue from.")
+        data = run_dataset(config, data_dir, download=download, where=f"--resume {run}")
+        model = ConvNet(ModelSpec.from_dict(config.model.spec))
+        distributed.barrier()  # every rank has checked run.json before rank 0 marks it running
+        if distributed.is_main():
+            set_state(run, "running")
+        progress.log(f"resuming {run} after epoch {last.meta.get('epoch')}")
+        with recording_state(run):
+            return _train(run, config, data, model, device, progress, resume=last)
 
 
 def _train(
@@ -257,11 +303,13 @@ def _train(
         if resume is not None:
             model.load_state_dict(resume.state_dict)
             state = TrainingState.from_dict(resume.training)
-        recorder = EpochRecorder(out, spec, model, meta, title)
-        board = TensorBoardLog(out / TENSORBOARD_DIR) if config.tensorboard else None
+        main = distributed.is_main()
+        recorder = EpochRecorder(out, spec, model, meta, title) if main else None
+        board = TensorBoardLog(out / TENSORBOARD_DIR) if config.tensorboard and main else None
 
         def on_epoch(state: TrainingState) -> None:
-            recorder(state)
+            if recorder is not None:
+                recorder(state)
             if board is not None:
                 board.epoch(state)
 
@@ -287,29 +335,30 @@ def _train(
             resume,
         )
         history = result.history
-    write_history(out / "history.csv", history)
     last_epoch = int(history[-1]["epoch"]) if history else 0
     precision = resolve_precision(cfg.precision, device)
-    _, last_test_acc = evaluate(model, test_loader, device, precision=precision)
+    _, last_test_acc = evaluate(model, test_loader, device, precision=precision)  # every rank: a collective
     last_state = model.state_dict()
     model.load_state_dict(result.best_state)
     test_loss, test_acc = evaluate(model, test_loader, device, precision=precision)
-    save_checkpoint(
-        out / CHECKPOINT_NAME,
-        spec,
-        model,
-        {**meta, "epoch": result.best_epoch, "val_acc": result.best_val_acc, "test_acc": test_acc},
-    )
-    last = load_checkpoint(out / LAST_NAME) if (out / LAST_NAME).is_file() else None
-    save_checkpoint(
-        out / LAST_NAME,
-        spec,
-        last_state,
-        {**meta, "epoch": last_epoch, "test_acc": last_test_acc},
-        training=None if last is None else last.training,
-    )
-    if history:
-        plot_training_curves(pd.DataFrame(history), out / "curves.png", title=title)
+    if distributed.is_main():
+        write_history(out / "history.csv", history)
+        save_checkpoint(
+            out / CHECKPOINT_NAME,
+            spec,
+            model,
+            {**meta, "epoch": result.best_epoch, "val_acc": result.best_val_acc, "test_acc": test_acc},
+        )
+        last = load_checkpoint(out / LAST_NAME) if (out / LAST_NAME).is_file() else None
+        save_checkpoint(
+            out / LAST_NAME,
+            spec,
+            last_state,
+            {**meta, "epoch": last_epoch, "test_acc": last_test_acc},
+            training=None if last is None else last.training,
+        )
+        if history:
+            plot_training_curves(pd.DataFrame(history), out / "curves.png", title=title)
     summary = {
         "run": str(out),
         "model": spec.name,
@@ -325,8 +374,10 @@ def _train(
         "last_test_acc": last_test_acc,
         "train_seconds": result.seconds,
         "device": str(device),
+        "world_size": distributed.world_size(),
     }
-    write_json(out / "summary.json", summary)
+    if distributed.is_main():
+        write_json(out / "summary.json", summary)
     return summary
 
 
