@@ -34,7 +34,13 @@ def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
 # own tuple (models.MODEL_NAMES, data.DATASET_NAMES, …), which would pull in torch at import.
 ModelName = _choices(
     "ModelName",
-    (*(f"{b}{bn}" for b in ("vgg11", "vgg13", "vgg16", "vgg19", "cnn", "cnn_se") for bn in ("", "_bn")),),
+    (
+        *(
+            f"{b}{bn}"
+            for b in ("vgg11", "vgg13", "vgg16", "vgg19", "cnn", "cnn_deep", "cnn_se")
+            for bn in ("", "_bn")
+        ),
+    ),
 )
 DatasetName = _choices(
     "DatasetName", ("cifar10", "cifar100", "fashion-mnist", "mnist", "digits", "synthetic")
