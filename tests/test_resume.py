@@ -30,6 +30,9 @@ FINE_TUNING_BATCHES_PER_EPOCH = 2  # in the compression commands' batches of 128
 STOPPER = textwrap.dedent("""
     import os, signal, sys
     from compresskit import data
+    # A suite started in the background by a non-interactive shell inherits SIGINT ignored, and
+    # Python then installs no Ctrl-C handler: give this process the one an interactive user has.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     kill_at, signum = int(sys.argv[1]), int(sys.argv[2])
     seen = 0
     original = data.Loader.__iter__
