@@ -85,15 +85,19 @@ def main() -> None:
         "# end-to-end vs layer-wise\n\n" + markdown_table(table.drop(columns=["folder"])) + "\n"
     )
     fig, (ax_csi, ax_stage) = plt.subplots(1, 2, figsize=(12, 4.2))
-    for name, layers in csi.items():
-        ax_csi.plot(layers["layer"], layers["csi_test"], marker="o", label=name)
+    for i, (name, layers) in enumerate(csi.items()):
+        ax_csi.plot(layers["layer"], layers["csi_test"], marker="o", color=f"C{i}", label=name)
     ax_csi.set_ylabel("test CSI of the final model")
     ax_csi.tick_params(axis="x", rotation=45)
-    for name in [n for n in runs if n != "end-to-end"]:
+    for i, name in enumerate(runs):  # one colour per run in both panels
+        if name == "end-to-end":
+            continue
         stages = pd.read_csv(out / runs[name][0] / "stages.csv")
-        ax_stage.plot(stages["blocks"], stages["test_acc"], marker="o", label=f"{name}: test accuracy")
+        ax_stage.plot(
+            stages["blocks"], stages["test_acc"], marker="o", color=f"C{i}", label=f"{name}: test accuracy"
+        )
         newest = f"{name}: CSI of newest block"
-        ax_stage.plot(stages["blocks"], stages["csi_test"], ls="--", marker=".", label=newest)
+        ax_stage.plot(stages["blocks"], stages["csi_test"], ls="--", marker=".", color=f"C{i}", label=newest)
     e2e = table[table["run"] == "end-to-end"]["test_acc"].iloc[0]
     ax_stage.axhline(e2e, color="gray", ls=":", label="end-to-end test accuracy")
     ax_stage.set_xlabel("conv blocks trained so far")
