@@ -158,9 +158,9 @@ def main() -> None:
     table.to_csv(out / "comparison.csv", index=False)
     (out / "comparison.md").write_text("# staged CNN on CIFAR-10\n\n" + markdown_table(table) + "\n")
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, history in histories.items():
-        ax.plot(history["epoch"], history["val_acc"], marker=".", label=f"{name}: validation")
-        ax.plot(history["epoch"], history["train_acc"], ls=":", label=f"{name}: train")
+    for i, (name, history) in enumerate(histories.items()):
+        ax.plot(history["epoch"], history["val_acc"], marker=".", color=f"C{i}", label=f"{name}: validation")
+        ax.plot(history["epoch"], history["train_acc"], ls=":", color=f"C{i}", label=f"{name}: train")
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3)
