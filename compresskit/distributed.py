@@ -53,6 +53,11 @@ def local_rank() -> int:
     return int(os.environ["LOCAL_RANK"]) if launched() else 0
 
 
+def _active() -> bool:
+    """Whether collectives have peers to talk to: a process group of 2 or more exists."""
+    return world_size() > 1 and initialized()
+
+
 def is_main() -> bool:
     """Whether this is rank 0, the one process that writes files and prints."""
     return rank() == 0
@@ -107,20 +112,20 @@ def shard(n: int, part: int | None = None, parts: int | None = None) -> slice:
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum `tensor` over all ranks, in place (on the device the backend needs: CPU for gloo, CUDA
     for NCCL); returns it."""
-    if world_size() > 1 and initialized():
+    if _active():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
 
 def barrier() -> None:
     """Wait until every rank got here (e.g. until rank 0 has written a file the others read)."""
-    if world_size() > 1 and initialized():
+    if _active():
         dist.barrier()
 
 
 def broadcast_object(value: Any) -> Any:
     """Rank 0's `value` on every rank (picklable values; a decision only rank 0 can make)."""
-    if world_size() <= 1 or not initialized():
+    if not _active():
         return value
     box = [value]
     dist.broadcast_object_list(box, src=0)
@@ -129,7 +134,7 @@ def broadcast_object(value: Any) -> Any:
 
 def gather_objects(value: Any) -> list[Any]:
     """Every rank's `value`, in rank order, on every rank."""
-    if world_size() <= 1 or not initialized():
+    if not _active():
         return [value]
     out: list[Any] = [None] * world_size()
     dist.all_gather_object(out, value)
@@ -140,7 +145,7 @@ def broadcast_buffers(module: nn.Module) -> None:
     """Copy rank 0's buffers (batch-norm running statistics) to every rank. Under DDP each rank's
     last training forward updates its own statistics from its own shard; after this the model is
     the same everywhere, rank 0's, the one it saves."""
-    if world_size() <= 1 or not initialized():
+    if not _active():
         return
     for buffer in module.buffers():
         dist.broadcast(buffer, src=0)

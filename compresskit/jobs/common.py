@@ -189,16 +189,6 @@ def _record_nothing(folder: Path, state: str, message: str = "") -> None:
     """A rank other than 0: the run directory is rank 0's to write."""
 
 
-def main_only(write: Callable[..., object]) -> Callable[..., None]:
-    """`write` on rank 0; nothing on the other ranks (which write no files)."""
-
-    def on_main(*args, **kwargs) -> None:
-        if distributed.is_main():
-            write(*args, **kwargs)
-
-    return on_main
-
-
 def _catch_sigterm() -> Callable | int | None:
     if threading.current_thread() is not threading.main_thread():
         return None
