@@ -4,8 +4,9 @@ Trains with `compresskit train`: end to end; B (`--layerwise`, earlier blocks fr
 (`--layerwise --no-freeze`); D and E (B and C that start with `--early-augment` and switch to the
 full `--augment` from stage `--switch-stage` on, mid-way through the eight blocks: our reading of
 the study's "switch augmentation part-way"). The study's schedule is the default: SGD lr 0.01,
-momentum 0.9, wd 5e-4, batch 128, 7 epochs per stage with a step decay every 3; augmentation
-flip, rotation 15°, colour jitter 0.2. Runs `compresskit analyze --metrics csi` on each final
+plain (heavy-ball) momentum 0.9 (``--nesterov`` switches to Nesterov, compresskit's own default),
+wd 5e-4, batch 128, 7 epochs per stage with a step decay every 3; augmentation flip, rotation 15°,
+colour jitter 0.2. Runs `compresskit analyze --metrics csi` on each final
 model and writes under `--out`: ``comparison.csv`` / ``comparison.md`` (final test accuracy,
 training time, parameters, and the test CSI of every block) and ``comparison.png`` (test CSI per
 block; test accuracy after each layer-wise stage). Every run is a live run directory: calling the
@@ -43,6 +44,11 @@ def main() -> None:
     parser.add_argument("--augment", default="flip,rotate=15,jitter=0.2", help="the study's augmentation")
     parser.add_argument("--early-augment", default="flip", help="D and E: augmentation before the switch")
     parser.add_argument("--switch-stage", default="5", help="D and E: first stage with --augment")
+    parser.add_argument(
+        "--nesterov",
+        action="store_true",
+        help="Nesterov momentum (compresskit's default); the study's SGD is plain momentum",
+    )
     parser.add_argument("--out", default="results/layerwise")
     args = parser.parse_args()
     out = Path(args.out)
@@ -50,7 +56,7 @@ def main() -> None:
     common = ["--model", args.model, "--width", args.width, "--dataset", args.dataset, "--data-dir",
               args.data_dir, "--no-download", "--lr", args.lr, "--optimizer", "sgd", "--momentum", "0.9",
               "--weight-decay", "5e-4", "--schedule", "step", "--gamma", "0.1", "--seed", "0", "--quiet",
-              "--batch-size", "128"]  # fmt: skip
+              "--batch-size", "128", "--nesterov" if args.nesterov else "--no-nesterov"]  # fmt: skip
     data = ["--data-dir", args.data_dir, "--no-download"]
     switch = ["--augment", args.early_augment, "--aug-switch", f"{args.switch_stage}:{args.augment}"]
     stagewise = ["--layerwise", "--stage-epochs", args.stage_epochs, "--step-size", args.step_size,
