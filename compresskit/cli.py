@@ -246,6 +246,9 @@ def train(
     tensorboard: bool = typer.Option(
         False, "--tensorboard", help="Also write TensorBoard event files into RUN/tensorboard/."
     ),
+    track_test: bool = typer.Option(
+        False, "--track-test", help="Evaluate the test split every epoch (curves only, not selection)."
+    ),
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
@@ -272,7 +275,7 @@ def train(
                 label_smoothing=label_smoothing, target_accuracy=target_accuracy, patience=patience,
                 seed=seed, device=device.value, compile=compile, precision=precision.value,
                 patience_metric=patience_metric.value, min_delta=min_delta, nesterov=nesterov,
-                sync_bn=sync_bn,
+                sync_bn=sync_bn, track_test=track_test,
             )  # fmt: skip
             summary = train_run(
                 out,

@@ -18,13 +18,15 @@ from compresskit.train import TrainingState
 
 TENSORBOARD_EXTRA = "pip install 'compresskit[tensorboard]'"
 TENSORBOARD_DIR = "tensorboard"
-TAGS = (("loss/train", "train_loss"), ("loss/val", "val_loss"), ("accuracy/train", "train_acc"),
-        ("accuracy/val", "val_acc"), ("lr", "lr"))  # fmt: skip
+TAGS = (("loss/train", "train_loss"), ("loss/val", "val_loss"), ("loss/test", "test_loss"),
+        ("accuracy/train", "train_acc"), ("accuracy/val", "val_acc"), ("accuracy/test", "test_acc"),
+        ("lr", "lr"))  # fmt: skip
 
 
 class TensorBoardLog:
     """Event files in `folder` for TensorBoard: per epoch ``loss/train``, ``loss/val``,
-    ``accuracy/train``, ``accuracy/val`` and ``lr``; per optimizer step ``loss/step``. Steps and
+    ``accuracy/train``, ``accuracy/val`` and ``lr`` (and ``loss/test``, ``accuracy/test`` when the
+    run tracks the test split); per optimizer step ``loss/step``. Steps and
     epochs are the run's own numbers, so a resumed run extends the same curves."""
 
     def __init__(self, folder: str | Path) -> None:
@@ -50,7 +52,7 @@ class TensorBoardLog:
         row = state.history[-1]
         epoch = int(row["epoch"]) + offset
         for tag, key in TAGS:
-            value = float(row[key])
+            value = float(row.get(key, math.nan))
             if not math.isnan(value):
                 self.writer.add_scalar(tag, value, epoch)
         self.writer.flush()
@@ -61,8 +63,8 @@ class TensorBoardLog:
 
 class LivePlot:
     """A `fit` ``on_epoch`` callback that redraws the loss and accuracy curves (train vs
-    validation) in one notebook output cell after every epoch, through IPython's display handle.
-    `title` heads the figure."""
+    validation, and test when tracked) in one notebook output cell after every epoch, through
+    IPython's display handle. `title` heads the figure."""
 
     def __init__(self, title: str = "training") -> None:
         try:

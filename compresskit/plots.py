@@ -24,7 +24,8 @@ def save_figure(fig: plt.Figure, path: str | Path) -> Path:
 
 
 def plot_training_curves(history: pd.DataFrame, path: str | Path, title: str = "") -> Path:
-    """Loss and accuracy per epoch, train vs validation, side by side."""
+    """Loss and accuracy per epoch, side by side: train, validation and (where the history has
+    any, from ``--track-test``) test."""
     return save_figure(curves_figure(history, title), path)
 
 
@@ -33,8 +34,10 @@ def curves_figure(history: pd.DataFrame, title: str = "") -> plt.Figure:
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in ((ax_loss, "loss"), (ax_acc, "acc")):
         ax.plot(history["epoch"], history[f"train_{metric}"], marker=".", label="train")
-        if history[f"val_{metric}"].notna().any():
-            ax.plot(history["epoch"], history[f"val_{metric}"], marker=".", label="validation")
+        for split, label in (("val", "validation"), ("test", "test")):
+            column = f"{split}_{metric}"
+            if column in history and history[column].notna().any():
+                ax.plot(history["epoch"], history[column], marker=".", label=label)
         ax.set_xlabel("epoch")
         ax.set_ylabel("cross-entropy loss" if metric == "loss" else "accuracy")
         ax.grid(alpha=0.3)

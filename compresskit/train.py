@@ -24,8 +24,9 @@ PRECISIONS = ("auto", "fp32", "bf16")
 PATIENCE_METRICS = ("val_acc", "val_loss")
 SCHEDULES = ("step", "cosine", "onecycle", "none")
 HISTORY_COLUMNS = (
-    "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds",
+    "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "seconds",
 )  # fmt: skip
+"""A history row's columns; test_loss/test_acc are NaN unless `fit` was given a ``test_loader``."""
 
 
 @dataclass
@@ -52,6 +53,7 @@ class TrainConfig:
     compile: bool = False
     precision: str = "auto"  # auto | fp32 | bf16: see resolve_precision
     sync_bn: bool = False  # under torch.distributed: batch-norm statistics over the global batch
+    track_test: bool = False  # the run evaluates the test split after every epoch, for the curves only
 
     def validate(self, *, has_validation: bool = True) -> None:
         """Raise `CompresskitError` naming the first flag whose value is not allowed.
@@ -374,10 +376,14 @@ def fit(
     resume: TrainingState | None = None,
     on_epoch: Callable[[TrainingState], None] | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    test_loader=None,
 ) -> FitResult:
     """Train `model` (already on its device) for up to `cfg.epochs` epochs.
 
     `val_loader` may be None: then nothing is validated and the last epoch counts as best.
+    `test_loader`, when given, is evaluated after every epoch into the history's ``test_loss`` /
+    ``test_acc`` (for learning curves only: selection and early stopping never look at it; its
+    time is not in the epoch's ``seconds``).
     `parameters` restricts what the optimizer updates (default: all that require grad).
     `on_epoch` sees the `TrainingState` after every finished epoch (a run directory saves it);
     `resume` continues from such a state, with `model` already holding its weights, and gives the
@@ -418,8 +424,8 @@ def fit(
     step_fn = torch.compile(train_module) if cfg.compile else train_module
     try:
         return _fit_epochs(
-            model, step_fn, optimizer, schedule, train_loader, val_loader, cfg, device, precision,
-            progress, resume, on_epoch, on_step, global_sizes,
+            model, step_fn, optimizer, schedule, train_loader, val_loader, test_loader, cfg, device,
+            precision, progress, resume, on_epoch, on_step, global_sizes,
         )  # fmt: skip
     finally:
         if world > 1 and cfg.sync_bn:
@@ -433,6 +439,7 @@ def _fit_epochs(
     schedule: torch.optim.lr_scheduler.LambdaLR,
     train_loader,
     val_loader,
+    test_loader,
     cfg: TrainConfig,
     device: torch.device,
     precision: Precision,
@@ -505,10 +512,14 @@ def _fit_epochs(
             "train_acc": (correct / max(seen, 1)).item(),
             "val_loss": float("nan"),
             "val_acc": float("nan"),
+            "test_loss": float("nan"),
+            "test_acc": float("nan"),
         }
         if val_loader is not None:
             row["val_loss"], row["val_acc"] = evaluate(model, val_loader, device, precision=precision)
         row["seconds"] = time.perf_counter() - t0
+        if test_loader is not None:
+            row["test_loss"], row["test_acc"] = evaluate(model, test_loader, device, precision=precision)
         history.append(row)
         progress.log(format_epoch(row, cfg.epochs))
         score = row["val_acc"] if val_loader is not None else float(epoch)
@@ -580,4 +591,6 @@ def format_epoch(row: dict, epochs: int) -> str:
     )
     if not math.isnan(row["val_acc"]):
         line += f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
+    if not math.isnan(row.get("test_acc", float("nan"))):
+        line += f"  test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}"
     return line + f"  {row['seconds']:.1f}s"

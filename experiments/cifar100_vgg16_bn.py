@@ -5,8 +5,9 @@ most-confused pairs).
 The study trains 200 epochs; this script's default is the same recipe scaled to a 2-core CPU:
 vgg16_bn at ``--width`` 0.25 with ``--global-pool``, an mlp head with dropout 0.5 before its last
 linear layer, SGD (Nesterov momentum 0.9, weight decay 5e-4), one-cycle peak lr 0.1, batch 128,
-crop + flip, ``--epochs`` 30. The run is a live run directory: calling the script again resumes a
-stopped run and skips a finished one. Usage (CIFAR-100 from ../shared/data/cifar100/make_cifar100.py):
+crop + flip, ``--epochs`` 30, with ``--track-test`` for the per-epoch test loss. The run is a
+live run directory: calling the script again resumes a stopped run and skips a finished one.
+Usage (CIFAR-100 from ../shared/data/cifar100/make_cifar100.py):
 
     python experiments/cifar100_vgg16_bn.py --data-dir data --out results/cifar100-vgg16_bn-w0.25
 """
@@ -34,7 +35,7 @@ def main() -> None:
              "--width", args.width, "--global-pool", "--head", "mlp", "--dropout", "0.5",
              "--optimizer", "sgd", "--momentum", "0.9",
              "--weight-decay", "5e-4", "--schedule", "onecycle", "--lr", "0.1", "--batch-size", "128",
-             "--augment", "crop=4,flip", "--epochs", args.epochs, "--seed", "0"]  # fmt: skip
+             "--augment", "crop=4,flip", "--epochs", args.epochs, "--seed", "0", "--track-test"]  # fmt: skip
     start_or_resume(run, "train", flags, data)
     if not (run / "evaluation").is_dir():
         compresskit("evaluate", "--checkpoint", str(run), *data)

@@ -18,7 +18,9 @@ from compresskit.checkpoint import load_checkpoint
 from compresskit.cli import app
 from tests.fakedata import CIFAR10_FOLDER, write_cifar10
 
-HISTORY_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
+HISTORY_COLUMNS = [
+    "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "seconds",
+]  # fmt: skip
 
 
 def invoke(*args: str):
@@ -162,6 +164,8 @@ TRAIN_ERRORS = {
     "min-delta": (["--min-delta", "-1"], "--min-delta -1.0 must be 0 or more"),
     "init": (["--init", "xavier"], "'xavier' is not one of 'kaiming', 'torch'"),
     "init-layerwise": (["--init", "torch", "--layerwise"], "--init torch is for end-to-end training"),
+    "track-test-layerwise": (["--track-test", "--layerwise"], "--track-test is for end-to-end training"),
+    "track-test-value": (["--track-test=yes"], "--track-test"),
 }
 
 
@@ -852,3 +856,17 @@ def test_the_attention_cnn_goes_through_analyze_prune_and_report(tmp_path):
     compared = invoke("report", run, pruned, "--out", tmp_path / "cmp", *fast)
     assert compared.exit_code == 0, compared.output
     assert pd.read_csv(tmp_path / "cmp" / "report.csv")["macs_reduction"].iloc[1] > 3
+
+
+def test_track_test_records_the_test_curve_and_the_best_epochs_test_accuracy(tmp_path):
+    run = tmp_path / "run"
+    result = invoke("train", "--dataset", "synthetic", "--model", "cnn_bn", "--width", "0.5", "--epochs", "3",
+                    "--out", run, "--quiet", "--track-test")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    history = pd.read_csv(run / "history.csv")
+    assert list(history.columns) == HISTORY_COLUMNS
+    assert history["test_loss"].notna().all() and history["test_acc"].between(0, 1).all()
+    summary = json.loads((run / "summary.json").read_text())
+    best = history[history["epoch"] == summary["best_epoch"]].iloc[0]
+    assert summary["test_acc"] == pytest.approx(best["test_acc"])  # the selected weights' test score
+    assert json.loads((run / "config.json").read_text())["train"]["track_test"] is True

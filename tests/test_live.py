@@ -18,12 +18,13 @@ def test_tensorboard_events_hold_every_epoch_and_step(tmp_path):
     run = tmp_path / "run"
     result = CliRunner().invoke(app, ["train", "--dataset", "synthetic", "--model", "cnn", "--width", "0.25",
                                       "--epochs", "3", "--batch-size", "64", "--out", str(run), "--quiet",
-                                      "--tensorboard"])  # fmt: skip
+                                      "--tensorboard", "--track-test"])  # fmt: skip
     assert result.exit_code == 0, result.output
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     history = pd.read_csv(run / "history.csv")
-    for tag, column in (("loss/train", "train_loss"), ("accuracy/val", "val_acc"), ("lr", "lr")):
+    for tag, column in (("loss/train", "train_loss"), ("accuracy/val", "val_acc"), ("lr", "lr"),
+                        ("loss/test", "test_loss"), ("accuracy/test", "test_acc")):  # fmt: skip
         scalars = events.Scalars(tag)
         assert [s.step for s in scalars] == [1, 2, 3], tag
         assert [s.value for s in scalars] == pytest.approx(history[column].tolist(), rel=1e-6), tag

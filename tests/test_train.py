@@ -430,3 +430,24 @@ def test_a_training_state_saved_before_monitor_best_existed_resumes_watching_val
     old = {"epoch": 2, "history": [], "optimizer": {}, "schedule": {}, "best_state": {}, "best_epoch": 1,
            "best_score": 0.75, "since_best": 1, "seconds": 3.0, "rng": {}}  # fmt: skip
     assert TrainingState.from_dict(old).monitor_best == 0.75
+
+
+def test_test_loader_records_each_epochs_test_numbers_without_changing_the_training():
+    train, val, test = _loaders(seed=3)
+    seen = []
+
+    def check(state):  # the model as it stands after the epoch the row describes
+        seen.append(evaluate(model, test))
+
+    model = _model(seed=3, head="mlp", dropout=0.3)
+    tracked = fit(model, train, val, _cfg(epochs=3, seed=3), test_loader=test, on_epoch=check)
+    assert [r["test_loss"] for r in tracked.history] == pytest.approx([loss for loss, _ in seen])
+    assert [r["test_acc"] for r in tracked.history] == pytest.approx([acc for _, acc in seen])
+    assert len({r["test_loss"] for r in tracked.history}) == 3
+    train, val, _ = _loaders(seed=3)
+    plain = fit(_model(seed=3, head="mlp", dropout=0.3), train, val, _cfg(epochs=3, seed=3))
+    assert all(math.isnan(r["test_acc"]) for r in plain.history)
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+        assert [r[key] for r in tracked.history] == [r[key] for r in plain.history], key
+    assert tracked.best_epoch == plain.best_epoch
+    assert all(torch.equal(tracked.best_state[k], plain.best_state[k]) for k in plain.best_state)

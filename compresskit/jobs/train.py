@@ -156,6 +156,11 @@ def train_run(
             Augmentation.parse(layerwise.aug_switch[1])
         if model_options.init != "kaiming":
             raise CompresskitError("--init torch is for end-to-end training; --layerwise stages use Kaiming.")
+        if cfg.track_test:
+            raise CompresskitError(
+                "--track-test is for end-to-end training; --layerwise reports test accuracy after each stage "
+                "in stages.csv."
+            )
     with distributed.session(device):
         check_output(out, "train", overwrite=overwrite)
         distributed.barrier()  # every rank has looked at --out before rank 0 creates it
@@ -314,7 +319,8 @@ def _train(
                 board.epoch(state)
 
         result = fit(model, train_loader, val_loader, cfg, progress=progress, resume=state, on_epoch=on_epoch,
-                     on_step=board.step if board is not None else None)  # fmt: skip
+                     on_step=board.step if board is not None else None,
+                     test_loader=test_loader if cfg.track_test else None)  # fmt: skip
         history = result.history
     else:
         layerwise = LayerwiseConfig(**{**config.layerwise, "aug_switch": _switch(config.layerwise)})
