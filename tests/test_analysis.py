@@ -14,6 +14,7 @@ from compresskit.analysis import (
     FeaturePlan,
     LayerCapture,
     center_separation_index,
+    consume_layer_outputs,
     default_memory_budget,
     features_nbytes,
     format_size,
@@ -244,21 +245,48 @@ def test_layer_table_matches_metrics_on_captured_features():
     assert table[["probe_train", "probe_test"]].stack().between(0, 1).all()
 
 
+def test_consumed_outputs_are_seen_before_an_in_place_relu_changes_them():
+    # cnn_bn's batch norm feeds ReLU(inplace=True): a consumer must get the BN output itself.
+    model = build_model(make_spec("cnn_bn", 4, width=0.25), seed=0).eval()
+    loader = _mixed_loader(48, 3)
+    layers = select_layers(model, "all")
+    bn = [layer for layer in layers if isinstance(layer.module, torch.nn.BatchNorm2d)]
+    assert bn
+    negative: dict[str, bool] = {}
+
+    def consume(name, value, y, start):
+        negative[name] = negative.get(name, False) or bool((value < 0).any())
+
+    assert consume_layer_outputs(model, loader, layers, consume) == 48
+    assert all(negative[layer.name] for layer in bn)
+    csi, _ = layer_csi(model, loader, layers)
+    captured = list(iterate_layer_outputs(model, iter(loader), layers))  # detached copies
+    labels = torch.cat([y for _, y in captured])
+    for layer in layers:
+        features = torch.cat([outputs[layer.name] for outputs, _ in captured])
+        assert csi[layer.name] == center_separation_index(features, labels), layer.name
+
+
 def test_layer_table_leaves_unasked_metrics_empty_and_skips_the_second_pass():
     model = build_model(make_spec("cnn", 4, width=0.25), seed=0).eval()
-    calls = []
-    model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    calls = []  # the batch size of every forward pass
+    model.register_forward_pre_hook(lambda module, args: calls.append(len(args[0])))
     train, test = _loader(32, 0), _loader(32, 1)
+
+    def passes() -> int:  # full forward passes, less the one-sample pass per split that sizes the layers
+        assert calls.count(1) == 2
+        full = sum(1 for size in calls if size > 1)
+        calls.clear()
+        return full
+
     table = layer_table(model, train, test, select_layers(model, "pools"), ("si",))
-    assert len(calls) == len(train) + len(test)  # SI alone: one pass per split
+    assert passes() == len(train) + len(test)  # SI alone: one pass per split
     assert table["si_train"].notna().all()
     assert table[["csi_train", "csi_test", "probe_train", "probe_test"]].isna().all().all()
-    calls.clear()
     layer_table(model, train, test, select_layers(model, "pools"), ("csi",), memory_budget=0)
-    assert len(calls) == 2 * (len(train) + len(test))  # streamed CSI: class sums, then nearest centre
-    calls.clear()
+    assert passes() == 2 * (len(train) + len(test))  # streamed CSI: class sums, then nearest centre
     layer_table(model, train, test, select_layers(model, "pools"), ("csi",), memory_budget=2**30)
-    assert len(calls) == len(train) + len(test)  # held CSI: one pass, scored from memory
+    assert passes() == len(train) + len(test)  # held CSI: one pass, scored from memory
 
 
 # ----------------------------------------------------------------------------- memory budget

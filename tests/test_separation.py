@@ -281,6 +281,53 @@ def test_streaming_equals_in_memory(name: str) -> None:
         assert torch.equal(stream.centres, torch.from_numpy(want))
 
 
+@pytest.mark.parametrize("name", [*TIED, "blobs"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+def test_streaming_in_small_chunks_of_any_layout_matches_the_double_loop(
+    name: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 7 values per chunk: a 2×2×2 sample (8 values) is one row per chunk, and a batch spans many.
+    monkeypatch.setattr(separation, "_CHUNK_VALUES", 7)
+    if dtype == torch.float16 and name == "far_clusters":
+        pytest.skip("±1e8 is beyond float16")
+    x, y = _dataset(name)
+    x = np.tile(x, (1, 3))[:, :8]  # 8 values per sample; repeated columns keep the ties
+    x = torch.from_numpy(x).to(dtype).double().numpy()  # the values the dtype can hold, for the reference
+    images = torch.from_numpy(x).to(dtype).reshape(len(x), 2, 2, 2).to(memory_format=torch.channels_last)
+    assert not images.is_contiguous()
+    labels = torch.from_numpy(y)
+    stream = StreamingCenterSeparation()
+    for part in _batches(len(y), [3, len(y) - 3]):
+        stream.add(images[part], labels[part])
+    for part in _batches(len(y), [len(y) // 2, len(y) - len(y) // 2]):
+        stream.score(images[part], labels[part])
+    assert stream.value() == _mean(_ref_csi_per_sample(x, y))
+    assert images.dtype == dtype and torch.equal(images.double().reshape(len(x), -1), torch.from_numpy(x))
+
+
+def test_streaming_runs_inside_and_outside_inference_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(separation, "_SCRATCH", separation._Scratch())  # its buffer is made below
+    x, y = _dataset("blobs")
+    features, labels = torch.from_numpy(x).float(), torch.from_numpy(y)
+    with torch.inference_mode():
+        inside = center_separation_index(features, labels)
+    want = _mean(_ref_csi_per_sample(features.double().numpy(), y))
+    assert center_separation_index(features, labels) == inside == want
+
+
+def test_finiteness_is_checked_even_when_a_sum_hides_it() -> None:
+    x, y = _dataset("gaussian")
+    big = torch.from_numpy(x).float()
+    big[0, 0] = 3e38
+    big[1, 0] = 3e38  # the float32 sum overflows although every value is finite
+    assert center_separation_index(big, torch.from_numpy(y)) == center_separation_index(big.double(), y)
+    for bad in (float("nan"), float("inf")):
+        nan = big.clone()
+        nan[5, 2] = bad
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            StreamingCenterSeparation().add(nan, torch.from_numpy(y))
+
+
 def test_streaming_scores_other_samples_than_it_adds() -> None:
     x, y = _dataset("blobs")
     stream = StreamingCenterSeparation()

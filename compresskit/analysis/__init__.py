@@ -11,6 +11,7 @@ from compresskit.analysis.capture import (
     LAYER_PRESETS,
     Layer,
     LayerCapture,
+    consume_layer_outputs,
     iterate_layer_outputs,
     select_layers,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "StreamingCenterSeparation",
     "center_separation_by_class",
     "center_separation_index",
+    "consume_layer_outputs",
     "default_memory_budget",
     "features_nbytes",
     "format_size",

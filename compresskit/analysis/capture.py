@@ -21,7 +21,7 @@ as `ConvNet.named_blocks` names them; other modules keep their path.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,15 +89,21 @@ def select_layers(model: ConvNet, selection: str = "blocks") -> list[Layer]:
 
 class LayerCapture:
     """Context manager: hooks on `layers`; after each forward, ``outputs[name]`` is that layer's
-    output for the batch (a detached copy, same shape as the module returned).
+    output for the batch (a detached copy, same shape as the module returned). With `consume`,
+    nothing is kept: ``consume(name, output)`` is called inside the forward pass, the moment the
+    layer returns, and must finish with the tensor there (a later in-place operation such as
+    ``ReLU(inplace=True)`` may overwrite it); that saves the copy of every captured output.
 
     >>> with LayerCapture(select_layers(model)) as capture:
     ...     model(x)
     ...     capture.outputs["block1"].shape   # B×C×H×W
     """
 
-    def __init__(self, layers: list[Layer]) -> None:
+    def __init__(
+        self, layers: list[Layer], consume: Callable[[str, torch.Tensor], None] | None = None
+    ) -> None:
         self.layers = layers
+        self.consume = consume
         self.outputs: dict[str, torch.Tensor] = {}
         self._handles: list[Any] = []
 
@@ -105,7 +111,10 @@ class LayerCapture:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             if not isinstance(output, torch.Tensor):
                 raise TypeError(f"layer {name} returned {type(output).__name__}, not a tensor")
-            self.outputs[name] = output.detach().clone()
+            if self.consume is not None:
+                self.consume(name, output.detach())
+            else:
+                self.outputs[name] = output.detach().clone()
 
         return hook
 
@@ -137,3 +146,32 @@ def iterate_layer_outputs(
     with LayerCapture(layers) as capture, torch.inference_mode():
         for x, y in batches:
             yield capture.forward(model, x), y
+
+
+def consume_layer_outputs(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    layers: list[Layer],
+    consume: Callable[[str, torch.Tensor, torch.Tensor, int], None],
+    *,
+    after_batch: Callable[[], None] | None = None,
+) -> int:
+    """One forward pass of `model` (eval mode, no grad) per ``(x, y)`` batch, calling
+    ``consume(name, output, y, start)`` for each chosen layer as soon as it returns (`start`: the
+    index of the batch's first sample among all batches); no output is copied or kept (see
+    `LayerCapture`). `after_batch` is called after every batch. Returns the number of samples."""
+    model.eval()
+    start = 0
+    labels = torch.empty(0, dtype=torch.int64)
+
+    def hook(name: str, output: torch.Tensor) -> None:
+        consume(name, output, labels, start)
+
+    with LayerCapture(layers, consume=hook), torch.inference_mode():
+        for x, y in batches:
+            labels = y
+            model(x)
+            start += len(y)
+            if after_batch is not None:
+                after_batch()
+    return start

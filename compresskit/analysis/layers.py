@@ -1,16 +1,18 @@
 """The per-layer table: CSI, SI and linear-probe accuracy of every chosen layer, train vs test.
 
 Each split costs one forward pass over its batches when its features fit the memory budget, two
-when they do not, whatever the number of layers:
+when they do not, whatever the number of layers (plus a one-sample pass that tells the layers'
+output sizes):
 
-1. one pass with hooks on every chosen layer (`capture.iterate_layer_outputs`) accumulates the
-   class sums for CSI (`StreamingCenterSeparation.add`), and keeps the flattened outputs (float32,
-   on the host) when SI is asked for or when they fit the budget, and the pooled outputs for the
-   probe;
-2. CSI then scores every sample against the now fixed class centres: from the kept features, batch
-   by batch as they came (mode ``"memory"``), or, when they were not kept, in a second forward pass
-   (mode ``"streaming"``). Both feed `StreamingCenterSeparation` the same batches in the same order,
-   so, the forward pass being deterministic, both give the same CSI.
+1. one pass with hooks on every chosen layer (`capture.consume_layer_outputs`) hands each output
+   over the moment its layer returns, without copying it: it adds to the class sums for CSI
+   (`StreamingCenterSeparation.add`), is copied into the split's feature store (float32, on the
+   host, flattened) when SI is asked for or when the features fit the budget, and is pooled for
+   the probe;
+2. CSI then scores every sample against the now fixed class centres: from the stored features
+   (mode ``"memory"``), or, when they were not stored, in a second forward pass (mode
+   ``"streaming"``). A sample's nearest centre is exact (see `separation`), so both modes give the
+   same CSI.
 
 A split's features take ``samples × Σ dims × 4`` bytes (`memory.features_nbytes`); they are kept
 for CSI when that is at most ``memory_budget`` (default: `memory.default_memory_budget`, a quarter of
@@ -34,10 +36,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from compresskit.analysis.capture import Layer, iterate_layer_outputs
+from compresskit.analysis.capture import Layer, LayerCapture, consume_layer_outputs
 from compresskit.analysis.memory import default_memory_budget, features_nbytes, format_size
 from compresskit.analysis.probes import linear_probe, pool_features
-from compresskit.analysis.separation import StreamingCenterSeparation, separation_index
+from compresskit.analysis.separation import (
+    StreamingCenterSeparation,
+    center_separation_index,
+    separation_index,
+)
 from compresskit.data import Loader
 from compresskit.errors import CompresskitError
 from compresskit.models import ConvNet
@@ -111,59 +117,73 @@ class _SplitFeatures:
         self.labels = torch.empty(num_samples, dtype=torch.int64)
         self.plan: FeaturePlan | None = None
 
-    @staticmethod
-    def _store(store: dict[str, torch.Tensor], name: str, n: int, start: int, rows: torch.Tensor) -> None:
+    def store(self, store: dict[str, torch.Tensor], name: str, start: int, value: torch.Tensor) -> None:
+        """Copy a batch's outputs m×… into rows start…start+m of ``store[name]`` (n×d float32 on the
+        host, made at the first call), flattened in row-major order whatever their memory layout."""
         if name not in store:
-            store[name] = torch.empty(n, rows.shape[1], dtype=torch.float32)
-        store[name][start : start + len(rows)] = rows.cpu()
+            store[name] = torch.empty(self.n, math.prod(value.shape[1:]), dtype=torch.float32)
+        store[name][start : start + len(value)].view(value.shape).copy_(value)
+
+
+Batches = Loader | Sequence[tuple[torch.Tensor, torch.Tensor]]
+"""What the analysis reads: a `Loader`, or a list of ``(x, y)`` batches on the model's device; it is
+read once per forward pass, so it must be re-iterable."""
+
+
+def _num_samples(batches: Batches) -> int:
+    count = getattr(batches, "num_samples", None)
+    return int(count) if count is not None else sum(len(y) for _, y in batches)
+
+
+def _output_shapes(model: nn.Module, batches: Batches, layers: Sequence[Layer]) -> dict[str, tuple[int, ...]]:
+    """Each layer's output shape per sample, from a forward pass of one sample."""
+    for x, y in batches:
+        if len(y):
+            model.eval()
+            with LayerCapture(list(layers)) as capture, torch.inference_mode():
+                outputs = capture.forward(model, x[:1])
+            return {name: tuple(value.shape[1:]) for name, value in outputs.items()}
+    raise ValueError("the loader yielded no samples; there is nothing to analyse.")
 
 
 def _passes(
     model: nn.Module,
-    loader: Loader,
+    batches: Batches,
     layers: Sequence[Layer],
     metrics: Sequence[str],
     progress: Progress,
     split: str,
     budget: int,
 ) -> _SplitFeatures:
-    out = _SplitFeatures(layers, loader.num_samples)
-    bounds: list[tuple[int, int]] = []  # the batches as they came, so scoring from memory sees the same
-    plan: FeaturePlan | None = None
-    start = 0
-    with progress.task(f"{split}: forward pass", total=len(loader)) as advance:
-        for outputs, y in iterate_layer_outputs(model, iter(loader), list(layers)):
-            if plan is None:  # the first batch tells the layers' sizes
-                dims = [math.prod(value.shape[1:]) for value in outputs.values()]
-                plan = plan_features(metrics, out.n, dims, budget)
-                progress.log(f"{split}: features {plan.describe()}")
+    out = _SplitFeatures(layers, _num_samples(batches))
+    out.shapes = _output_shapes(model, batches, layers)
+    plan = out.plan = plan_features(metrics, out.n, [math.prod(s) for s in out.shapes.values()], budget)
+    progress.log(f"{split}: features {plan.describe()}")
+    first = layers[0].name
+
+    def consume(name: str, value: torch.Tensor, y: torch.Tensor, start: int) -> None:
+        if name == first:
             out.labels[start : start + len(y)] = y.cpu()
-            for name, value in outputs.items():
-                out.shapes[name] = tuple(value.shape[1:])
-                if "csi" in metrics:
-                    out.centres[name].add(value, y)
-                if plan.mode == "memory":
-                    out._store(out.flat, name, out.n, start, value.reshape(len(value), -1).float())
-                if "probe" in metrics:
-                    out._store(out.pooled, name, out.n, start, pool_features(value))
-            bounds.append((start, start + len(y)))
-            start += len(y)
-            advance()
-    if plan is None:
-        raise ValueError(f"the {split} loader yielded no batches; there is nothing to analyse.")
-    out.plan = plan
+        if "csi" in metrics:
+            out.centres[name].add(value, y)
+        if plan.mode == "memory":
+            out.store(out.flat, name, start, value)
+        if "probe" in metrics:
+            out.store(out.pooled, name, start, pool_features(value))
+
+    with progress.task(f"{split}: forward pass", total=len(batches)) as advance:
+        consume_layer_outputs(model, batches, list(layers), consume, after_batch=advance)
     if "csi" in metrics and plan.mode == "memory":
         for name, centres in out.centres.items():
-            for lo, hi in bounds:
-                centres.score(out.flat[name][lo:hi], out.labels[lo:hi])
+            centres.score(out.flat[name], out.labels)
         if "si" not in metrics:
             out.flat.clear()
     elif "csi" in metrics:
-        with progress.task(f"{split}: forward pass 2/2", total=len(loader)) as advance:
-            for outputs, y in iterate_layer_outputs(model, iter(loader), list(layers)):
-                for name, value in outputs.items():
-                    out.centres[name].score(value, y)
-                advance()
+        with progress.task(f"{split}: forward pass 2/2", total=len(batches)) as advance:
+            consume_layer_outputs(
+                model, batches, list(layers), lambda name, value, y, _: out.centres[name].score(value, y),
+                after_batch=advance,
+            )  # fmt: skip
     return out
 
 
@@ -228,7 +248,7 @@ def layer_table(
 
 def layer_csi(
     model: nn.Module,
-    loader: Loader,
+    loader: Batches,
     layers: Sequence[Layer],
     *,
     memory_budget: int | None = None,
@@ -251,21 +271,9 @@ def _budget(memory_budget: int | None) -> int:
     return budget
 
 
-def block_csi(
-    model: ConvNet, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]
-) -> tuple[list[float], float]:
+def block_csi(model: ConvNet, batches: Batches) -> tuple[list[float], float]:
     """CSI of every conv block's output on `batches` (in model order), and of the input images."""
     layers = [Layer(block.name, block.path, block.module) for block in model.named_blocks("block")]
-    streams = {layer.name: StreamingCenterSeparation() for layer in layers}
-    pixels = StreamingCenterSeparation()
-    for outputs, y in iterate_layer_outputs(model, iter(batches), layers):
-        for name, value in outputs.items():
-            streams[name].add(value, y)
-    for x, y in batches:
-        pixels.add(x, y)
-    for outputs, y in iterate_layer_outputs(model, iter(batches), layers):
-        for name, value in outputs.items():
-            streams[name].score(value, y)
-    for x, y in batches:
-        pixels.score(x, y)
-    return [streams[layer.name].value() for layer in layers], pixels.value()
+    csi, _ = layer_csi(model, batches, layers)
+    pixels = center_separation_index(torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches]))
+    return [csi[layer.name] for layer in layers], pixels

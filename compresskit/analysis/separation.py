@@ -21,6 +21,10 @@ batched one (a network's layer outputs, one loader batch at a time) share one co
 
 from __future__ import annotations
 
+import math
+import threading
+from collections.abc import Iterator
+
 import numpy as np
 import pandas as pd
 import torch
@@ -32,6 +36,11 @@ Array = torch.Tensor | np.ndarray
 # so 1e-9 is generous for any realistic width and costs only a few exact recomputations.
 _REL_TOL = 1e-9
 _ABS_TOL = 1e-300
+
+# Streaming CSI converts each batch to float64 this many values at a time, into one reused buffer:
+# a fresh n×d float64 copy per batch and layer cost more in first-touch page faults than its
+# arithmetic (1 GiB of such copies took ~8 s on a 2-core CPU, the arithmetic well under 1 s).
+_CHUNK_VALUES = 1 << 20  # 8 MiB of float64
 
 
 def center_separation_index(features: Array, labels: Array) -> float:
@@ -125,20 +134,27 @@ class StreamingCenterSeparation:
                 "add() was called after score(); the centres are fixed at the first score(), "
                 "so add every batch before scoring."
             )
-        x, y = _prepare(features, labels, self._device)
-        self._check_dim(x)
+        x, y = _prepare(features, labels, self._device, keep_dtype=True)
+        dim = math.prod(x.shape[1:])
+        self._check_dim(dim)
         classes, inverse = torch.unique(y, sorted=True, return_inverse=True)
         # One-hot matmul rather than index_add_, which uses atomics (run-to-run rounding) on GPU.
-        onehot = (inverse[None, :] == torch.arange(len(classes), device=x.device)[:, None]).to(x.dtype)
-        sums = onehot @ x
+        onehot = (inverse[None, :] == torch.arange(len(classes), device=x.device)[:, None]).double()
+        sums = torch.zeros(len(classes), dim, dtype=torch.float64, device=x.device)
+        for start, rows in _float64_rows(x):
+            sums.addmm_(onehot[:, start : start + len(rows)], rows)
         counts = torch.bincount(inverse, minlength=len(classes))
         if self._class_values is None or self._sums is None or self._counts is None:
-            self._device, self._dim = x.device, x.shape[1]
+            self._device, self._dim = x.device, dim
             self._class_values, self._sums, self._counts = classes, sums, counts
             return
         both = torch.cat([self._class_values, classes])
         merged, where = torch.unique(both, sorted=True, return_inverse=True)
-        self._sums = torch.zeros(len(merged), x.shape[1], dtype=x.dtype, device=x.device).index_add_(
+        if len(merged) == len(self._class_values):  # no new class: add in place
+            self._sums.index_add_(0, where[len(self._class_values) :], sums)
+            self._counts.index_add_(0, where[len(self._class_values) :], counts)
+            return
+        self._sums = torch.zeros(len(merged), dim, dtype=torch.float64, device=x.device).index_add_(
             0, where, torch.cat([self._sums, sums])
         )
         self._counts = torch.zeros(len(merged), dtype=torch.int64, device=x.device).index_add_(
@@ -160,8 +176,8 @@ class StreamingCenterSeparation:
             self._correct = torch.zeros(len(self._class_values), dtype=torch.int64, device=self._device)
             self._scored = torch.zeros_like(self._correct)
         assert self._mean is not None and self._correct is not None and self._scored is not None
-        x, y = _prepare(features, labels, self._device)
-        self._check_dim(x)
+        x, y = _prepare(features, labels, self._device, keep_dtype=True)
+        self._check_dim(math.prod(x.shape[1:]))
         k = len(self._class_values)
         index = torch.searchsorted(self._class_values, y).clamp_(max=k - 1)
         unknown = self._class_values[index] != y
@@ -196,10 +212,10 @@ class StreamingCenterSeparation:
             }
         )
 
-    def _check_dim(self, x: torch.Tensor) -> None:
-        if self._dim is not None and x.shape[1] != self._dim:
+    def _check_dim(self, dim: int) -> None:
+        if self._dim is not None and dim != self._dim:
             raise ValueError(
-                f"features have {x.shape[1]} values per sample but the first batch had {self._dim}; "
+                f"features have {dim} values per sample but the first batch had {self._dim}; "
                 "every batch must have the same feature shape."
             )
 
@@ -223,18 +239,66 @@ def _distance_block(
 
 
 def _nearest_centres(x: torch.Tensor, centres: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-    """Index (n, int64) of the nearest of the k centres for each row of x n×d; ties → lowest index."""
-    xc, cc = x - mean, centres - mean
-    x_sq, c_sq = (xc * xc).sum(1), (cc * cc).sum(1)
-    approx = _distance_block(xc, x_sq, cc, c_sq)
-    best, nearest = approx.min(1)
-    tol = _REL_TOL * (x_sq + c_sq.max()) + _ABS_TOL
-    candidates = approx <= (best + tol)[:, None]
-    for i in (candidates.sum(1) > 1).nonzero().flatten().tolist():
-        js = candidates[i].nonzero().flatten()
-        exact = ((centres[js] - x[i]) ** 2).sum(1)
-        nearest[i] = js[(exact == exact.min()).nonzero()[0, 0]]
+    """Index (n, int64) of the nearest of the k centres (k×d float64) for each sample of x n×… (any
+    float dtype, d values per sample); ties → lowest index."""
+    cc = centres - mean
+    c_sq = (cc * cc).sum(1)
+    nearest = torch.empty(len(x), dtype=torch.int64, device=centres.device)
+    for start, rows in _float64_rows(x, copy=True):
+        xc = rows.sub_(mean)  # a scratch copy: centred in place
+        x_sq = (xc * xc).sum(1)
+        approx = _distance_block(xc, x_sq, cc, c_sq)
+        best, near = approx.min(1)
+        tol = _REL_TOL * (x_sq + c_sq.max()) + _ABS_TOL
+        candidates = approx <= (best + tol)[:, None]
+        for i in (candidates.sum(1) > 1).nonzero().flatten().tolist():
+            js = candidates[i].nonzero().flatten()
+            exact = ((centres[js] - x[start + i].reshape(-1).double()) ** 2).sum(1)
+            near[i] = js[(exact == exact.min()).nonzero()[0, 0]]
+        nearest[start : start + len(near)] = near
     return nearest
+
+
+class _Scratch(threading.local):
+    """One float64 buffer per thread and device, reused by `_float64_rows`."""
+
+    buffers: dict[torch.device, torch.Tensor]
+
+    def __init__(self) -> None:
+        self.buffers = {}
+
+    def get(self, numel: int, device: torch.device) -> torch.Tensor:
+        buffer = self.buffers.get(device)
+        if buffer is None or buffer.numel() < numel:
+            with torch.inference_mode(False):  # a normal tensor: in-place use inside and outside it
+                buffer = self.buffers[device] = torch.empty(numel, dtype=torch.float64, device=device)
+        return buffer[:numel]
+
+
+_SCRATCH = _Scratch()
+
+
+def _float64_rows(x: torch.Tensor, *, copy: bool = False) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(start, rows)`` over the samples of x n×… (any layout and float dtype): rows m×d float64,
+    each sample's values in row-major (C) order, at most `_CHUNK_VALUES` values per chunk on the CPU.
+    The rows are a reused buffer, valid until the next chunk is asked for; with `copy` they are a
+    buffer even when x is already float64 (so the caller may change them in place). On other devices
+    the whole batch is one chunk (their allocators cache, so there is no page-fault cost to save)."""
+    n, dim = len(x), math.prod(x.shape[1:])
+    if x.device.type != "cpu":
+        rows = x.reshape(n, dim).to(torch.float64, copy=copy)
+        yield 0, rows
+        return
+    if x.dtype == torch.float64 and not copy and x.is_contiguous():
+        yield 0, x.reshape(n, dim)
+        return
+    step = max(1, _CHUNK_VALUES // max(dim, 1))
+    buffer = _SCRATCH.get(min(step, n) * dim, x.device)
+    for start in range(0, n, step):
+        part = x[start : start + step]
+        rows = buffer[: len(part) * dim]
+        rows.view(part.shape).copy_(part)
+        yield start, rows.view(len(part), dim)
 
 
 def _neighbour_agreement(x: torch.Tensor, y: torch.Tensor, order: int, chunk_size: int) -> torch.Tensor:
@@ -273,14 +337,18 @@ def _neighbour_agreement(x: torch.Tensor, y: torch.Tensor, order: int, chunk_siz
 
 
 def _prepare(
-    features: Array, labels: Array, device: torch.device | None = None
+    features: Array, labels: Array, device: torch.device | None = None, *, keep_dtype: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate and convert to (features n×d float64, labels n int64), both on `device` (default: the
-    features' own device)."""
+    features' own device).
+
+    With `keep_dtype` a floating-point tensor keeps its dtype and its n×… shape and layout (no copy
+    beyond the move to `device`); `_float64_rows` then converts it a chunk at a time."""
     if isinstance(features, torch.Tensor):
         if features.dtype == torch.bool or features.dtype.is_complex:
             raise ValueError(f"features must have a float or integer dtype, got {features.dtype}.")
-        x = features.detach().to(device=features.device if device is None else device, dtype=torch.float64)
+        dtype = features.dtype if keep_dtype and features.dtype.is_floating_point else torch.float64
+        x = features.detach().to(device=features.device if device is None else device, dtype=dtype)
     else:
         array = np.asarray(features)
         if array.dtype.kind not in "iuf":
@@ -310,12 +378,20 @@ def _prepare(
         )
     if len(y) == 0:
         raise ValueError("features and labels are empty; at least one sample is needed.")
-    x = x.reshape(len(x), -1)
-    if x.shape[1] == 0:
+    if math.prod(x.shape[1:]) == 0:
         raise ValueError("features have no values per sample; each sample needs at least one.")
-    if not torch.isfinite(x).all():
+    if not _all_finite(x):
         raise ValueError("features contain NaN or infinite values; every value must be finite.")
+    if not keep_dtype:
+        x = x.reshape(len(x), -1)
     return x, y
+
+
+def _all_finite(x: torch.Tensor) -> bool:
+    """Whether every value of the float tensor x is finite. A finite sum proves it (a NaN or ±inf
+    term makes any sum NaN or ±inf) without `isfinite`'s n-sized mask; only a sum that overflowed
+    or met a non-finite value is checked value by value."""
+    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
 
 
 def _require_two_classes(metric: str, labels: torch.Tensor) -> None:
