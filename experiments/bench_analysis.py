@@ -13,7 +13,9 @@ ConvNet, so our hooks capture exactly the tensors the studies' extractors return
   every centre, argmin) in float64;
 * ours (`compresskit.analysis.layer_csi`): hooks on all nodes at once, one forward pass holding
   every node's features when ``images × Σ dims × 4`` bytes fit ``--memory-budget`` (default a
-  quarter of the total memory), two streamed passes beyond it.
+  quarter of the total memory), two streamed passes beyond it. ``--memory-budget`` may list several
+  budgets (``default,8GiB``): ours then runs once per budget, each in its own process, against the
+  one per-node run, so held and streamed are measured in the same run.
 
 Both sides see the same model (eval mode), the same images in the same batches (one `Loader`). Each
 side runs in a fresh subprocess, so its peak memory is its own: ``ru_maxrss`` at the end (the
@@ -22,10 +24,11 @@ at the start of the timed part. The parent checks that both ways give the same C
 
 The measurement (2,000 images for both ways, then the whole 10,000-image test set for ours). At
 width 1 the 46 nodes hold 861,194 values per image: 6.4 GiB of float32 features for 2,000 images,
-32.1 GiB for 10,000. The first command gives ours a budget that holds them (one pass); at 10,000
-images they cannot be held on a 24 GB machine, so ours streams (two passes):
+32.1 GiB for 10,000. The first command runs ours with the default budget (on a 24 GB machine, 5.9
+GiB: it streams) and with one that holds them (one pass); at 10,000 images they cannot be held on
+a 24 GB machine, so ours streams (two passes):
 
-    python experiments/bench_analysis.py --images 2000 --data-dir data --memory-budget 8GiB \
+    python experiments/bench_analysis.py --images 2000 --data-dir data --memory-budget default,8GiB \
         > results/bench_analysis.txt
     python experiments/bench_analysis.py --images 10000 --data-dir data --ours-only \
         > results/bench_analysis_10k.txt
@@ -113,7 +116,7 @@ def run_side(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     record: dict = {}
     if args.side == "ours":
-        csi, plan = layer_csi(model, loader, nodes, memory_budget=args.memory_budget)
+        csi, plan = layer_csi(model, loader, nodes, memory_budget=args.memory_budget[0])
         record["plan"] = plan.describe()
     else:
         csi = {}
@@ -130,11 +133,32 @@ def run_side(args: argparse.Namespace) -> None:
     print(json.dumps(record))
 
 
-def spawn(side: str, argv: list[str]) -> dict:
+def budgets(text: str) -> list[int | None]:
+    """``"default,8GiB"`` → [None, 8589934592]: one budget per run of ours (None: the default)."""
+    return [None if part.strip() == "default" else parse_size(part) for part in text.split(",")]
+
+
+def spawn(side: str, argv: list[str], budget: int | None = None) -> dict:
+    argv = strip_option(argv, "--memory-budget")
+    if budget is not None:
+        argv = [*argv, "--memory-budget", str(budget)]
     done = subprocess.run(
         [sys.executable, __file__, "--side", side, *argv], stdout=subprocess.PIPE, text=True, check=True
     )
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def strip_option(argv: list[str], name: str) -> list[str]:
+    """argv without ``name VALUE`` / ``name=VALUE``."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(name + "="):
+            out.append(arg)
+    return out
 
 
 def memory(record: dict) -> str:
@@ -151,7 +175,10 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None, help="use CIFAR-10 test images from this folder")
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument(
-        "--memory-budget", type=parse_size, default=None, help="ours: e.g. 8GiB (default: a quarter of RAM)"
+        "--memory-budget",
+        type=budgets,
+        default=[None],
+        help="ours: e.g. 8GiB, or a comma list such as default,8GiB (default: a quarter of RAM)",
     )
     parser.add_argument(
         "--ours-only", "--compresskit-only", action="store_true", help="skip the per-node way"
@@ -171,26 +198,30 @@ def main() -> None:
         f"batch {args.batch_size}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}"
     )
     del model, loader
-    ours = spawn("ours", argv)
+    ours_runs = [spawn("ours", argv, budget) for budget in args.memory_budget]
     if args.ours_only:
-        for node in nodes:
-            print(f"{node.name:14s} csi {ours['csi'][node.name]:.4f}")
-        print(f"ours (hooks on all nodes; features {ours['plan']}): {ours['seconds']:8.2f} s, {memory(ours)}")
+        for ours in ours_runs:
+            for node in nodes:
+                print(f"{node.name:14s} csi {ours['csi'][node.name]:.4f}")
+            print(f"ours (features {ours['plan']}): {ours['seconds']:8.2f} s, {memory(ours)}")
         return
     reference = spawn("per-node", argv)
-    print(f"{'node':14s} {'csi (per node)':>15s} {'csi (ours)':>11s} {'|diff|':>8s}")
+    print(f"{'node':14s} {'csi (per node)':>15s} " + " ".join(f"{f'csi (ours {i + 1})':>12s}" for i in
+          range(len(ours_runs))) + f" {'max |diff|':>10s}")  # fmt: skip
     diffs = []
     for node in nodes:
-        a, b = reference["csi"][node.name], ours["csi"][node.name]
-        diffs.append(abs(a - b))
-        print(f"{node.name:14s} {a:15.4f} {b:11.4f} {abs(a - b):8.1e}")
+        a = reference["csi"][node.name]
+        theirs = [ours["csi"][node.name] for ours in ours_runs]
+        diffs.append(max(abs(a - b) for b in theirs))
+        print(f"{node.name:14s} {a:15.4f} " + " ".join(f"{b:12.4f}" for b in theirs) + f" {diffs[-1]:10.1e}")
     print(f"max |CSI difference| over {len(nodes)} nodes: {max(diffs):.1e}"
           f" ({'the same on every node' if max(diffs) <= 1e-6 else 'NOT the same'})")  # fmt: skip
     print(f"per node (one feature-extractor forward per node): {reference['seconds']:8.2f} s, "
           f"{memory(reference)}")  # fmt: skip
-    print(f"ours (hooks on all nodes; features {ours['plan']}):")
-    print(f"{'':51s}{ours['seconds']:8.2f} s, {memory(ours)}")
-    print(f"speed-up: {reference['seconds'] / ours['seconds']:.2f}x")
+    for i, ours in enumerate(ours_runs, 1):
+        print(f"ours {i} (hooks on all nodes; features {ours['plan']}):")
+        print(f"{'':51s}{ours['seconds']:8.2f} s, {memory(ours)}")
+        print(f"speed-up of ours {i}: {reference['seconds'] / ours['seconds']:.2f}x")
     if max(diffs) > 1e-6:
         raise SystemExit(1)
 
