@@ -68,6 +68,30 @@ def graph_nodes(model: ConvNet) -> list[Layer]:
     return [Layer(node, node, modules[node]) for node in nodes[1:]]
 
 
+NODE_SETS = {
+    "graph": "graph nodes (get_graph_node_names, less the input)",
+    "blocks": "block outputs (ConvNet.named_blocks)",
+}
+
+
+def chosen_layers(model: ConvNet, which: str) -> list[Layer]:
+    """``graph``: every graph node (`graph_nodes`); ``blocks``: the block outputs `analyze` uses by
+    default (`ConvNet.named_blocks`: conv blocks, pools, the head's linear layers)."""
+    if which == "graph":
+        return graph_nodes(model)
+    return [Layer(block.name, block.path, block.module) for block in model.named_blocks()]
+
+
+def output_node(model: ConvNet, path: str) -> str:
+    """The graph node whose value is module `path`'s output: the node of that name, or the last
+    node inside it (a block's ReLU)."""
+    _, nodes = get_graph_node_names(model)
+    inside = [node for node in nodes if node == path or node.startswith(path + ".")]
+    if not inside:
+        raise SystemExit(f"no graph node computes the output of {path}")
+    return inside[-1]
+
+
 def reference_csi(features: torch.Tensor, labels: torch.Tensor) -> float:
     """CSI in memory: features n×d, class means, distance of every sample to every centre."""
     x = features.reshape(len(features), -1).double()
@@ -109,7 +133,7 @@ def setup(args: argparse.Namespace) -> tuple[ConvNet, Loader, str]:
 def run_side(args: argparse.Namespace) -> None:
     """One way, in this process; prints one JSON line: CSI per node, seconds, memory."""
     model, loader, _ = setup(args)
-    nodes = graph_nodes(model)
+    nodes = chosen_layers(model, args.nodes)
     with torch.inference_mode():
         model(next(iter(loader))[0])  # warm-up, so neither side pays for first-call allocations
     start_rss = rss_bytes()
@@ -122,7 +146,8 @@ def run_side(args: argparse.Namespace) -> None:
         csi = {}
         labels = torch.cat([y for _, y in loader])
         for node in nodes:
-            extractor = create_feature_extractor(model, return_nodes={node.path: "out"}).eval()
+            returned = {output_node(model, node.path): "out"}
+            extractor = create_feature_extractor(model, return_nodes=returned).eval()
             with torch.inference_mode():
                 features = torch.cat([extractor(x)["out"] for x, _ in loader])
             csi[node.name] = reference_csi(features, labels)
@@ -170,6 +195,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", "--samples", type=int, default=2000)
     parser.add_argument("--model", default="vgg16_bn")
+    parser.add_argument(
+        "--nodes",
+        choices=("graph", "blocks"),
+        default="graph",
+        help="graph: every graph node (the studies' set); blocks: the block outputs analyze uses",
+    )
     parser.add_argument("--width", type=float, default=1.0, help="channel width multiplier")
     parser.add_argument("--checkpoint", default=None, help="trained weights instead of random ones")
     parser.add_argument("--data-dir", default=None, help="use CIFAR-10 test images from this folder")
@@ -190,11 +221,11 @@ def main() -> None:
         return
 
     model, loader, source = setup(args)
-    nodes = graph_nodes(model)
+    nodes = chosen_layers(model, args.nodes)
     argv = [a for a in sys.argv[1:] if a != "--ours-only" and a != "--compresskit-only"]
     name = args.checkpoint or (args.model + (f" width {args.width}" if args.width != 1 else ""))
     print(
-        f"{name}, {len(nodes)} graph nodes (get_graph_node_names, less the input), {source}, "
+        f"{name}, {len(nodes)} {NODE_SETS[args.nodes]}, {source}, "
         f"batch {args.batch_size}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}"
     )
     del model, loader
@@ -219,7 +250,7 @@ def main() -> None:
     print(f"per node (one feature-extractor forward per node): {reference['seconds']:8.2f} s, "
           f"{memory(reference)}")  # fmt: skip
     for i, ours in enumerate(ours_runs, 1):
-        print(f"ours {i} (hooks on all nodes; features {ours['plan']}):")
+        print(f"ours {i} (hooks on all layers; features {ours['plan']}):")
         print(f"{'':51s}{ours['seconds']:8.2f} s, {memory(ours)}")
         print(f"speed-up of ours {i}: {reference['seconds'] / ours['seconds']:.2f}x")
     if max(diffs) > 1e-6:
