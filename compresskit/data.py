@@ -1,13 +1,15 @@
 """Datasets as uint8 tensors, the stratified validation split, and the batched `Loader`.
 
-Every dataset loads as an `ImageDataset`: uint8 images of shape N×C×H×W with H = W = 32, int64
-labels, class names, and the per-channel mean/std of the training images (in [0, 1] units).
+Every dataset loads as an `ImageDataset`: uint8 images of shape N×C×S×S (S = `load_dataset`'s
+`image_size`, 32 by default), int64 labels, class names, and the per-channel mean/std of the
+training images (in [0, 1] units). ``folder:PATH`` names an image folder (`image_folder`).
 
 Two conventions hold for every dataset, so that one model family serves all of them:
 
-* **Size.** Images smaller than 32×32 (MNIST-style 28×28, digits 8×8) are resized to 32×32 with
-  bilinear interpolation (`torch.nn.functional.interpolate`, ``align_corners=False``, no
-  antialiasing) and rounded back to uint8. Larger images are refused.
+* **Size.** Images of another size (MNIST-style 28×28, digits 8×8, CIFAR's 32×32 when S differs)
+  are resized to S×S with bilinear interpolation (`torch.nn.functional.interpolate`,
+  ``align_corners=False``; antialiased only when shrinking) and rounded back to uint8. Image
+  folders are resized by Pillow while decoding.
 * **Grayscale** stays one channel: the model's first convolution takes ``in_channels=1``. Nothing is
   replicated to three channels.
 """
@@ -17,7 +19,6 @@ from __future__ import annotations
 import gzip
 import math
 import os
-import pickle
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,8 +30,10 @@ import torch.nn.functional as F
 
 from compresskit.distributed import shard
 from compresskit.errors import CompresskitError
+from compresskit.safe_pickle import load_pickle
 
 IMAGE_SIZE = 32
+FOLDER_PREFIX = "folder:"  # --dataset folder:PATH, an image folder (`image_folder`)
 DATASET_NAMES = ("cifar10", "cifar100", "fashion-mnist", "mnist", "digits", "synthetic")
 DEFAULT_DATA_DIR = Path(os.environ.get("COMPRESSKIT_DATA", "data"))
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -73,7 +76,7 @@ _CIFAR_LABELS = {
 
 @dataclass
 class ImageSplit:
-    """One split: `images` uint8 N×C×32×32, `labels` int64 N."""
+    """One split: `images` uint8 N×C×S×S, `labels` int64 N."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -90,6 +93,8 @@ class ImageDataset:
     """A dataset with its train and test splits, class names and per-channel statistics.
 
     `label_set` is which labels the splits carry: "fine", or "coarse" (CIFAR-100's 20 superclasses).
+    `val` is the dataset's own validation split (an image folder's ``val/``), or None: then a run
+    holds its validation images out of `train` (`stratified_split`).
     """
 
     name: str
@@ -99,6 +104,7 @@ class ImageDataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     label_set: str = "fine"
+    val: ImageSplit | None = None
 
     @property
     def num_classes(self) -> int:
@@ -108,14 +114,25 @@ class ImageDataset:
     def channels(self) -> int:
         return int(self.train.images.shape[1])
 
+    @property
+    def image_size(self) -> int:
+        """The side S of every (square) image, in pixels."""
+        return int(self.train.images.shape[-1])
+
 
 # --------------------------------------------------------------------------- loading
 
 
 def load_dataset(
-    name: str, data_dir: str | Path | None = None, *, download: bool = True, labels: str = "fine"
+    name: str,
+    data_dir: str | Path | None = None,
+    *,
+    download: bool = True,
+    labels: str = "fine",
+    image_size: int = IMAGE_SIZE,
 ) -> ImageDataset:
-    """Load a dataset by name (one of `DATASET_NAMES`).
+    """Load a dataset by name (one of `DATASET_NAMES`, or ``folder:PATH``: an image folder, read by
+    `image_folder.load_image_folder`; `data_dir`, when given, replaces its PATH).
 
     `data_dir` is where files live (default ``$COMPRESSKIT_DATA`` or ``./data``). CIFAR files found
     there are validated by structure; when absent they are downloaded (with torchvision's checksum
@@ -125,10 +142,17 @@ def load_dataset(
     every dataset's usual classes; "coarse" gives CIFAR-100's 20 superclasses (the ``coarse_labels``
     of the train/test files, named by ``coarse_label_names`` in ``meta``) and is refused elsewhere.
     Images, their order and the channel statistics do not depend on `labels`.
+
+    `image_size` (pixels, see `check_image_size`) is the side every image is resized to; a set
+    whose resized uint8 images would not fit the memory budget is refused first.
     """
-    if name not in DATASET_NAMES:
-        raise CompresskitError(f"--dataset '{name}' is not known; choose one of: {', '.join(DATASET_NAMES)}.")
+    check_dataset(name)
     check_labels(name, labels)
+    check_image_size(image_size)
+    if name.startswith(FOLDER_PREFIX):
+        from compresskit.image_folder import load_folder_dataset  # it builds on this module
+
+        return load_folder_dataset(name, data_dir, image_size)
     explicit_dir = data_dir is not None
     root = Path(data_dir) if explicit_dir else DEFAULT_DATA_DIR
     if explicit_dir and not root.is_dir() and name not in ("digits", "synthetic"):
@@ -143,10 +167,29 @@ def load_dataset(
         train, test, classes = _load_digits()
     else:
         train, test, classes = _make_synthetic()
-    train = ImageSplit(_to_image_size(train.images), train.labels)
-    test = ImageSplit(_to_image_size(test.images), test.labels)
+    if train.images.shape[-2:] != (image_size, image_size):
+        from compresskit.image_folder import check_fits_memory
+
+        check_fits_memory(len(train) + len(test), train.images.shape[1], image_size, f"--dataset {name}")
+    train = ImageSplit(_to_image_size(train.images, image_size), train.labels)
+    test = ImageSplit(_to_image_size(test.images, image_size), test.labels)
     mean, std = channel_stats(train.images)
     return ImageDataset(name, train, test, list(classes), mean, std, label_set=labels)
+
+
+def check_dataset(name: str) -> None:
+    """Refuse a ``--dataset`` that is neither one of `DATASET_NAMES` nor ``folder:PATH``."""
+    if (name not in DATASET_NAMES and not name.startswith(FOLDER_PREFIX)) or name == FOLDER_PREFIX:
+        raise CompresskitError(
+            f"--dataset '{name}' is not known; choose one of: {', '.join(DATASET_NAMES)}, "
+            "or folder:PATH (an image folder holding train/CLASS/… and test/CLASS/…)."
+        )
+
+
+def check_image_size(size: int) -> None:
+    """Refuse an ``--image-size`` that is not a positive whole number of pixels."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise CompresskitError(f"--image-size {size} must be a positive whole number of pixels.")
 
 
 def check_labels(dataset: str, labels: str) -> None:
@@ -181,26 +224,21 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
-def _to_image_size(images: torch.Tensor) -> torch.Tensor:
-    """Bring uint8 N×C×H×W images to 32×32 (bilinear); see the module docstring."""
+def _to_image_size(images: torch.Tensor, size: int = IMAGE_SIZE) -> torch.Tensor:
+    """Bring uint8 N×C×H×W images to `size`×`size` (bilinear); see the module docstring."""
     h, w = images.shape[-2:]
-    if (h, w) == (IMAGE_SIZE, IMAGE_SIZE):
+    if (h, w) == (size, size):
         return images.contiguous()
-    if h > IMAGE_SIZE or w > IMAGE_SIZE:
-        raise CompresskitError(f"images of {h}×{w} pixels are larger than the 32×32 supported.")
+    shrink = size < h or size < w  # antialias only then: upscaling stays exactly as it always was
     out = []
     for chunk in images.split(8192):
-        x = F.interpolate(chunk.float(), size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear")
+        x = F.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=shrink)
         out.append(x.round().clamp(0, 255).to(torch.uint8))
     return torch.cat(out)
 
 
 def _unpickle(path: Path, what: str) -> dict:
-    try:
-        with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="latin1")
-    except Exception as exc:
-        raise CompresskitError(f"{path} could not be read as a {what} file ({exc}).") from None
+    obj = load_pickle(path, what)  # numpy arrays and plain data only: never runs code
     if not isinstance(obj, dict):
         raise CompresskitError(f"{path} is not a {what} file: expected a pickled dict.")
     return obj
@@ -264,13 +302,16 @@ def _load_cifar(
 
 
 def _download_cifar(name: str, root: Path, url: str, folder: str) -> None:
-    """Download and extract through torchvision, which verifies the archive's md5."""
+    """Download and extract the archive through torchvision, which verifies its md5. Only the
+    archive step: torchvision's CIFAR classes would then read the batches with plain
+    ``pickle.load``; compresskit reads them itself (`safe_pickle`)."""
     from torchvision import datasets
+    from torchvision.datasets.utils import download_and_extract_archive
 
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
     try:
         root.mkdir(parents=True, exist_ok=True)
-        cls(root=str(root), train=True, download=True)
+        download_and_extract_archive(cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5)
     except Exception as exc:
         raise CompresskitError(
             f"{name} files were not found in {root / folder} and the download failed ({exc}); "
@@ -468,7 +509,7 @@ MAX_ROTATION = 180.0
 class Augmentation:
     """Per-sample batch augmentation. Zero/False switches a part off.
 
-    crop_padding: zero-pad by this many pixels, then crop back to 32×32 at a random offset.
+    crop_padding: zero-pad by this many pixels, then crop back to H×W at a random offset.
     flip: mirror left-right with probability 1/2.
     cutout: side in pixels of a square set to the dataset mean (0 after normalisation).
     jitter: brightness, contrast and (RGB only) saturation each scaled by a factor in
@@ -685,7 +726,7 @@ def random_rotate(
 class Loader:
     """Batches from uint8 images kept on `device`; augmentation runs on whole batches there.
 
-    Yields ``(x, y)``: x float32 B×C×32×32 normalised with `mean`/`std`, y int64 B. All randomness
+    Yields ``(x, y)``: x float32 B×C×H×W normalised with `mean`/`std`, y int64 B. All randomness
     (order, crops, flips, …) comes from one CPU `torch.Generator` seeded with `seed`, so two
     loaders built alike yield identical batches, epoch after epoch.
 

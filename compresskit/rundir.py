@@ -274,7 +274,13 @@ def _hash(indices: torch.Tensor) -> str:
 class DataRecord:
     """Which data a run used: dataset name and folder, the training augmentation (its
     `Augmentation.describe()` text), the split, class names, and the per-channel mean/std
-    (fractions of 255) that normalise every batch."""
+    (fractions of 255) that normalise every batch.
+
+    `image_size` is the side (pixels) every image was resized to. `val_folder` is None when the
+    validation images are held out of train (`split`); for a dataset with its own validation
+    split (an image folder's ``val/``) it records that split as ``{"count": N, "labels_sha256":
+    hex}`` (SHA-256 of its labels, int64 little-endian, in file order) and `split` holds nothing
+    out (``val_fraction`` 0)."""
 
     dataset: str
     data_dir: str | None
@@ -285,6 +291,8 @@ class DataRecord:
     std: list[float]
     test_count: int
     labels: str = "fine"  # the label set (`data.LABEL_SETS`): CIFAR-100's coarse superclasses or fine
+    image_size: int = 32
+    val_folder: dict | None = None
 
 
 @dataclass

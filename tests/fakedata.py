@@ -178,3 +178,43 @@ def write_idx_dataset(
         write_idx(Path(folder) / f"{label_stem}{suffix}", labels)
         written[split] = (images, labels)
     return written
+
+
+def write_image(path: Path, array: np.ndarray, **save_options: object) -> Path:
+    """Save a uint8 H×W (grayscale) or H×W×C (RGB/RGBA) array with Pillow; the format follows the
+    file's extension (``.png``, ``.jpg``, …)."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(path, **save_options)
+    return path
+
+
+def write_image_folder(
+    root: Path,
+    classes: list[str],
+    counts: dict[str, int],
+    *,
+    size: tuple[int, int] = (16, 16),
+    suffix: str = ".png",
+    seed: int = 0,
+) -> dict[str, list[tuple[Path, np.ndarray, int]]]:
+    """Write an ImageFolder layout: root/SPLIT/CLASS/img_K.SUFFIX, `counts[SPLIT]` RGB images of
+    `size` (height, width) per class, each a class-dependent colour plus noise. Returns, per split,
+    (path, array, label index among the sorted `classes`) in the order compresskit reads them."""
+    rng = np.random.default_rng(seed)
+    order = sorted(classes)
+    written: dict[str, list[tuple[Path, np.ndarray, int]]] = {}
+    for split, count in counts.items():
+        rows = []
+        for name in order:
+            label = order.index(name)
+            base = np.array([60 * label % 256, 255 - 50 * label % 256, 40 + 30 * label], dtype=np.int64)
+            for k in range(count):
+                noise = rng.integers(-30, 31, size=(*size, 3))
+                array = np.clip(base + noise, 0, 255).astype(np.uint8)
+                path = write_image(Path(root) / split / name / f"img_{k:03d}{suffix}", array)
+                rows.append((path, array, label))
+        written[split] = rows
+    return written

@@ -281,23 +281,81 @@ def test_missing_data_dir_is_refused(tmp_path):
 def test_failed_cifar_download_is_a_clean_error(tmp_path, monkeypatch):
     calls = []
 
-    class FailingCIFAR10:
-        def __init__(self, *args, **kwargs):
-            calls.append(kwargs)
-            raise OSError("network is unreachable")
+    def failing_download(url, root, **kwargs):
+        calls.append((url, kwargs))
+        raise OSError("network is unreachable")
 
-    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FailingCIFAR10)
+    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", failing_download)
     with pytest.raises(CompresskitError) as info:
         load_dataset("cifar10", tmp_path, download=True)
     message = str(info.value)
     assert "download failed" in message
     assert "network is unreachable" in message
-    assert calls, "the download went through torchvision.datasets.CIFAR10"
+    # torchvision fetches and md5-checks the archive; it never unpickles the batches itself
+    assert calls == [
+        (
+            torchvision.datasets.CIFAR10.url,
+            {"filename": "cifar-10-python.tar.gz", "md5": torchvision.datasets.CIFAR10.tgz_md5},
+        )
+    ]
+
+
+def test_downloaded_cifar_is_read_by_compresskit(tmp_path, monkeypatch):
+    def fake_download(url, root, **kwargs):
+        write_cifar10(Path(root))  # what extracting the archive leaves behind
+
+    class Unusable(torchvision.datasets.CIFAR10):
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("torchvision's CIFAR10 would read the batches with pickle.load")
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", fake_download)
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", Unusable)
+    data = load_dataset("cifar10", tmp_path, download=True)
+    assert data.train.images.shape == (30, 3, 32, 32)
 
 
 def test_unknown_dataset_is_refused():
     with pytest.raises(CompresskitError, match="--dataset 'imagenet'"):
         load_dataset("imagenet", download=False)
+
+
+def _halve_reference(plane: np.ndarray) -> np.ndarray:
+    """A 2× antialiased bilinear shrink spelled out: output pixel i averages input pixels
+    2i-1, 2i, 2i+1, 2i+2 with triangle weights 1, 3, 3, 1 (the tent filter widened by the scale),
+    renormalised where the window leaves the image; rows, then columns."""
+
+    def halve(rows: np.ndarray) -> np.ndarray:
+        n = rows.shape[0]
+        out = np.zeros((n // 2, *rows.shape[1:]))
+        for i in range(n // 2):
+            taps = [
+                (j, w) for j, w in zip(range(2 * i - 1, 2 * i + 3), (1, 3, 3, 1), strict=True) if 0 <= j < n
+            ]
+            out[i] = sum(w * rows[j] for j, w in taps) / sum(w for _, w in taps)
+        return out
+
+    return halve(halve(plane.astype(np.float64)).T).T
+
+
+def test_image_size_shrinks_cifar_with_antialiasing(tmp_path):
+    fake = write_cifar10(tmp_path)
+    data = load_dataset("cifar10", tmp_path, download=False, image_size=16)
+    assert data.image_size == 16 and data.train.images.shape == (30, 3, 16, 16)
+    full = fake.train_data.reshape(-1, 3, 32, 32)
+    for r in (0, 7, 29):
+        for c in range(3):
+            want = np.round(_halve_reference(full[r, c]))
+            assert np.abs(data.train.images[r, c].numpy() - want).max() <= 1  # float rounding only
+
+
+def test_image_size_enlarges_the_small_datasets():
+    digits = load_dataset("digits", image_size=64)
+    assert digits.train.images.shape[1:] == (1, 64, 64)
+    synthetic = load_dataset("synthetic", image_size=48)
+    assert synthetic.train.images.shape[1:] == (3, 48, 48) and synthetic.image_size == 48
+    for bad in (0, -3):
+        with pytest.raises(CompresskitError, match=f"--image-size {bad}"):
+            load_dataset("synthetic", image_size=bad)
 
 
 # --------------------------------------------------------------------------- IDX

@@ -3,6 +3,7 @@ keeps a live run directory current, and the guard that records how a run ended."
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import signal
 import threading
@@ -16,11 +17,11 @@ import torch
 
 from compresskit import __version__, distributed
 from compresskit.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from compresskit.data import Augmentation, ImageDataset, Loader, load_dataset
+from compresskit.data import Augmentation, ImageDataset, ImageSplit, Loader, load_dataset
 from compresskit.errors import CompresskitError
 from compresskit.models import ModelSpec
 from compresskit.plots import plot_training_curves
-from compresskit.rundir import DataRecord, RunConfig, read_config, set_state, write_text_atomic
+from compresskit.rundir import DataRecord, RunConfig, SplitRecord, read_config, set_state, write_text_atomic
 from compresskit.train import HISTORY_COLUMNS, TrainingState
 
 LAST_NAME = "last.pt"
@@ -55,9 +56,11 @@ def data_loaders(
     where: str = "the run",
 ) -> tuple[Loader, Loader | None, Loader]:
     """Train (shuffled from `seed`, augmented by `augment` or the recorded recipe), validation
-    (the recorded split, checked) and test loaders on `device`, normalised with the recorded
-    statistics. Under torchrun each loader yields this rank's share of every global batch."""
-    train_idx, val_idx = record.split.indices(data.train.labels, where)
+    (the recorded split, checked; `validation_split`) and test loaders on `device`, normalised
+    with the recorded statistics. Under torchrun each loader yields this rank's share of every
+    global batch."""
+    train_idx, _ = record.split.indices(data.train.labels, where)
+    held_out = validation_split(data, record, where)
     stats = {
         "mean": tuple(record.mean),
         "std": tuple(record.std),
@@ -71,8 +74,41 @@ def data_loaders(
     train = Loader(
         data.train.subset(train_idx), batch_size, augment=augment, shuffle=True, seed=seed, **stats
     )
-    val = Loader(data.train.subset(val_idx), eval_batch, **stats) if len(val_idx) else None
+    val = Loader(held_out, eval_batch, **stats) if len(held_out) else None
     return train, val, Loader(data.test, eval_batch, **stats)
+
+
+def split_record(data: ImageDataset, val_fraction: float, seed: int) -> tuple[SplitRecord, dict | None]:
+    """What a new run records of its validation split (`DataRecord.split` and `.val_folder`): a
+    dataset with its own validation split (`ImageDataset.val`, an image folder's ``val/``) holds
+    nothing out of train and records that split; any other holds `val_fraction` of train out."""
+    if data.val is None:
+        return SplitRecord.make(data.train.labels, val_fraction, seed), None
+    folder = {"count": len(data.val), "labels_sha256": _labels_hash(data.val.labels)}
+    return SplitRecord.make(data.train.labels, 0.0, seed), folder
+
+
+def validation_split(data: ImageDataset, record: DataRecord, where: str = "the run") -> ImageSplit:
+    """The run's validation images (possibly none): the dataset's own validation split when the
+    run recorded one (`record.val_folder`, checked against the count and labels' hash), else the
+    part of train its `record.split` held out (checked by `SplitRecord.indices`)."""
+    if record.val_folder is None:
+        return data.train.subset(record.split.indices(data.train.labels, where)[1])
+    expected = record.val_folder
+    if data.val is None or (len(data.val), _labels_hash(data.val.labels)) != (
+        expected.get("count"),
+        expected.get("labels_sha256"),
+    ):
+        found = "no val/ split" if data.val is None else f"a val/ split of {len(data.val)} other images"
+        raise CompresskitError(
+            f"{where} validated on the {expected.get('count')} images of {record.dataset}/val/, but the "
+            f"dataset found now has {found}; point --data-dir at the folder the run was trained on."
+        )
+    return data.val
+
+
+def _labels_hash(labels: torch.Tensor) -> str:
+    return hashlib.sha256(labels.to(torch.int64).numpy().astype("<i8").tobytes()).hexdigest()
 
 
 def main_first(load: Callable[[], T]) -> T:
@@ -90,12 +126,21 @@ def run_dataset(config: RunConfig, data_dir: str | None, *, download: bool, wher
     against the run's classes and channels."""
     record = config.data
     folder = data_dir or record.data_dir
-    data = main_first(lambda: load_dataset(record.dataset, folder, download=download, labels=record.labels))
+    data = main_first(
+        lambda: load_dataset(
+            record.dataset, folder, download=download, labels=record.labels, image_size=record.image_size
+        )
+    )
     spec = ModelSpec.from_dict(config.model.spec)
     if data.num_classes != len(record.classes) or data.channels != spec.in_channels:
         raise CompresskitError(
             f"{where} was made on {len(record.classes)} classes and {spec.in_channels} channels, but "
             f"{record.dataset} found now has {data.num_classes} and {data.channels}."
+        )
+    if data.image_size != spec.input_size:
+        raise CompresskitError(
+            f"{where} has a model for {spec.input_size}×{spec.input_size} images, but its config.json "
+            f"records --image-size {record.image_size}; the run directory is inconsistent."
         )
     return data
 
