@@ -8,7 +8,9 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,8 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from compresskit import distributed
+from compresskit.ema import EMA
 from compresskit.errors import CompresskitError
 from compresskit.progress import Progress
+
+if TYPE_CHECKING:
+    from compresskit.compress.distill import Distillation
 
 OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -54,6 +60,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16: see resolve_precision
     sync_bn: bool = False  # under torch.distributed: batch-norm statistics over the global batch
     track_test: bool = False  # the run evaluates the test split after every epoch, for the curves only
+    ema: float | None = None  # decay of the weights' moving average (compresskit.ema); None: off
 
     def validate(self, *, has_validation: bool = True) -> None:
         """Raise `CompresskitError` naming the first flag whose value is not allowed.
@@ -107,6 +114,8 @@ class TrainConfig:
             )
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise CompresskitError(f"--device '{self.device}' is not known; choose auto, cpu or cuda.")
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise CompresskitError(f"--ema {self.ema} is outside (0, 1); give a decay such as 0.999.")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -122,6 +131,7 @@ class FitResult:
     best_val_acc: float | None
     stop_reason: str  # "epochs", "target" or "patience"
     seconds: float = 0.0
+    averaged: dict[str, torch.Tensor] | None = None  # with cfg.ema: the last epoch's average (CPU)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -328,6 +338,7 @@ class TrainingState:
     seconds: float
     rng: dict
     monitor_best: float | None = None  # best patience_metric so far (None: none yet)
+    ema: dict | None = None  # `EMA.to_dict()` when cfg.ema is set (None: no average, or saved before)
 
     def to_dict(self) -> dict:
         return {f: getattr(self, f) for f in self.__dataclass_fields__}
@@ -377,6 +388,7 @@ def fit(
     on_epoch: Callable[[TrainingState], None] | None = None,
     on_step: Callable[[int, float], None] | None = None,
     test_loader=None,
+    distill: Distillation | None = None,
 ) -> FitResult:
     """Train `model` (already on its device) for up to `cfg.epochs` epochs.
 
@@ -390,6 +402,12 @@ def fit(
     same epochs, bit for bit on CPU, as a run that never stopped. An interrupt (Ctrl-C) propagates:
     the last state handed to `on_epoch` is the one to resume from. `on_step(step, loss)` sees the
     training loss (nats) after every optimizer step, numbered from 1 across epochs.
+
+    `cfg.ema`: an exponential moving average of the weights (`compresskit.ema.EMA`), updated after
+    every optimizer step; validation, test evaluation, best-epoch selection and the best weights
+    use the average, training goes on with the raw weights (`FitResult.averaged`: the last
+    epoch's average). `distill`: the training loss is `Distillation.loss` against its teacher
+    instead of plain cross-entropy (label smoothing still applies to the hard term).
 
     Under `torch.distributed` (`distributed.world_size()` > 1; every rank calls `fit` with its own
     sharded loaders, see `data.Loader`) the model trains wrapped in DistributedDataParallel
@@ -405,6 +423,8 @@ def fit(
     precision = resolve_precision(cfg.precision, device)
     if precision.channels_last:
         model.to(memory_format=torch.channels_last)
+    if distill is not None:
+        distill.prepare(channels_last=precision.channels_last)
     world, rank = distributed.world_size(), distributed.rank()
     torch.manual_seed(cfg.seed + rank)  # dropout masks, independent per rank
     optimizer = make_optimizer(parameters if parameters is not None else model.parameters(), cfg)
@@ -425,7 +445,7 @@ def fit(
     try:
         return _fit_epochs(
             model, step_fn, optimizer, schedule, train_loader, val_loader, test_loader, cfg, device,
-            precision, progress, resume, on_epoch, on_step, global_sizes,
+            precision, progress, resume, on_epoch, on_step, global_sizes, distill,
         )  # fmt: skip
     finally:
         if world > 1 and cfg.sync_bn:
@@ -448,6 +468,7 @@ def _fit_epochs(
     on_epoch: Callable[[TrainingState], None] | None,
     on_step: Callable[[int, float], None] | None,
     global_sizes: list[int] | None,
+    distill: Distillation | None,
 ) -> FitResult:
     """`fit`'s epochs. `global_sizes`: under torch.distributed, the global batch size of every
     step of an epoch (None in one process)."""
@@ -469,6 +490,7 @@ def _fit_epochs(
         ranks = resume.rng.get("ranks")
         if ranks is not None and len(ranks) == world:
             torch.set_rng_state(ranks[distributed.rank()])
+    ema = _start_ema(model, cfg, resume, device)
     stop_reason = _should_stop(cfg, history[-1], since_best) if history else ""
     if stop_reason:  # the resumed run had already stopped early
         first_epoch = cfg.epochs + 1
@@ -484,8 +506,12 @@ def _fit_epochs(
         with progress.task(f"epoch {epoch}/{cfg.epochs}", total=len(train_loader)) as advance:
             for i, (x, y) in enumerate(train_loader):
                 with precision.autocast(device):
-                    out = step_fn(as_input(x, precision))
-                    loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
+                    x = as_input(x, precision)
+                    out = step_fn(x)
+                    if distill is None:
+                        loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
+                    else:
+                        loss = distill.loss(out, x, y, label_smoothing=cfg.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 if global_sizes is None:
                     loss.backward()
@@ -493,6 +519,8 @@ def _fit_epochs(
                     (loss * (len(y) * world / global_sizes[i])).backward()
                 optimizer.step()
                 schedule.step()
+                if ema is not None:
+                    ema.update(model)
                 if on_step is not None:
                     on_step(schedule.last_epoch, loss.item())  # LambdaLR counts optimizer steps
                 loss_sum += loss.detach() * len(y)
@@ -505,6 +533,8 @@ def _fit_epochs(
             loss_sum, correct, seen_sum = distributed.all_reduce_sum(totals)
             seen = int(seen_sum.item())
             distributed.broadcast_buffers(model)
+            if ema is not None:  # rank 0's averaged statistics too, the ones it evaluates and saves
+                ema.load_buffer_averages(distributed.broadcast_object(ema.buffer_averages(model)))
         row = {
             "epoch": epoch,
             "lr": lr,
@@ -515,17 +545,18 @@ def _fit_epochs(
             "test_loss": float("nan"),
             "test_acc": float("nan"),
         }
-        if val_loader is not None:
-            row["val_loss"], row["val_acc"] = evaluate(model, val_loader, device, precision=precision)
-        row["seconds"] = time.perf_counter() - t0
-        if test_loader is not None:
-            row["test_loss"], row["test_acc"] = evaluate(model, test_loader, device, precision=precision)
+        with ema.swapped_in(model) if ema is not None else nullcontext(model):
+            if val_loader is not None:
+                row["val_loss"], row["val_acc"] = evaluate(model, val_loader, device, precision=precision)
+            row["seconds"] = time.perf_counter() - t0
+            if test_loader is not None:
+                row["test_loss"], row["test_acc"] = evaluate(model, test_loader, device, precision=precision)
+            score = row["val_acc"] if val_loader is not None else float(epoch)
+            if score > best_acc:
+                best_acc, best_epoch = score, epoch
+                best_state = _cpu_copy(model)
         history.append(row)
         progress.log(format_epoch(row, cfg.epochs))
-        score = row["val_acc"] if val_loader is not None else float(epoch)
-        if score > best_acc:
-            best_acc, best_epoch = score, epoch
-            best_state = _cpu_copy(model)
         if val_loader is not None and not _improved(cfg, row, monitor_best):
             since_best += 1
         else:
@@ -537,6 +568,7 @@ def _fit_epochs(
                 schedule=schedule.state_dict(), best_state=best_state, best_epoch=best_epoch,
                 best_score=best_acc, since_best=since_best, monitor_best=monitor_best,
                 seconds=spent + time.perf_counter() - start, rng=rng,
+                ema=None if ema is None else ema.to_dict(),
             ))  # fmt: skip
         reason = _should_stop(cfg, row, since_best)
         if reason:
@@ -549,7 +581,20 @@ def _fit_epochs(
         best_val_acc=best_acc if val_loader is not None and best_acc >= 0 else None,
         stop_reason=stop_reason,
         seconds=spent + time.perf_counter() - start,
+        averaged=None if ema is None else ema.weights(model),
     )
+
+
+def _start_ema(
+    model: nn.Module, cfg: TrainConfig, resume: TrainingState | None, device: torch.device
+) -> EMA | None:
+    """The average `cfg.ema` asks for: the resumed one, or one starting at `model`'s weights (also
+    when the state resumed from kept none)."""
+    if cfg.ema is None:
+        return None
+    if resume is not None and resume.ema is not None:
+        return EMA.from_dict(resume.ema, cfg.ema, device)
+    return EMA.start(model, cfg.ema)
 
 
 def _capture_all_rng(loader) -> dict:

@@ -5,8 +5,10 @@ The run directory exists from the moment training starts (after every flag and t
 checked). After every epoch it holds ``last.pt`` (model and `TrainingState`), ``history.csv`` and
 ``curves.png``; ``run.json`` says whether it is running, finished, interrupted or failed. When
 training ends it gains ``checkpoint.pt`` (best validation accuracy, with its test accuracy) and
-``summary.json``. A layer-wise run also keeps ``stages/NN/`` (history and best model of each
-finished stage), ``stages.csv`` and ``stages.png``.
+``summary.json``. With ``--ema`` the weights a user gets are the moving average (`compresskit.ema`):
+``checkpoint.pt``, the finished ``last.pt`` and every evaluation; an unfinished ``last.pt`` holds
+the raw weights it resumes from, the average in its training state. A layer-wise run also keeps
+``stages/NN/`` (history and best model of each finished stage), ``stages.csv`` and ``stages.png``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from compresskit.data import (
     ImageDataset,
     Loader,
     balanced_subset,
+    check_dataset,
+    check_image_size,
     check_labels,
     check_val_fraction,
     default_augmentation,
@@ -38,6 +42,7 @@ from compresskit.jobs.common import (
     main_first,
     recording_state,
     run_dataset,
+    split_record,
     versions,
     write_history,
 )
@@ -57,7 +62,6 @@ from compresskit.rundir import (
     DataRecord,
     ModelRecord,
     RunConfig,
-    SplitRecord,
     check_output,
     check_resumable,
     create_output,
@@ -103,9 +107,10 @@ class DataOptions:
     val_fraction: float = 0.1
     augment: str | None = None
     labels: str = "fine"  # CIFAR-100 only: "coarse" for the 20 superclasses
+    image_size: int = 32  # the side every image is resized to (pixels)
 
 
-def _model_spec(options: ModelOptions, *, num_classes: int, in_channels: int) -> ModelSpec:
+def _model_spec(options: ModelOptions, *, num_classes: int, in_channels: int, input_size: int) -> ModelSpec:
     return make_spec(
         options.name,
         num_classes,
@@ -114,6 +119,7 @@ def _model_spec(options: ModelOptions, *, num_classes: int, in_channels: int) ->
         head=options.head,
         dropout=options.dropout,
         global_pool=options.global_pool,
+        input_size=input_size,
     )
 
 
@@ -138,9 +144,14 @@ def train_run(
     out = Path(out)
     # Validate every flag before touching data or disk.
     check_val_fraction(data_options.val_fraction)
+    check_dataset(data_options.dataset)
     check_labels(data_options.dataset, data_options.labels)
+    check_image_size(data_options.image_size)
+    if data_options.dataset.startswith("folder:") and data_options.data_dir is not None:
+        raise CompresskitError("--data-dir is for named datasets; --dataset folder:PATH names its folder.")
     cfg.validate(has_validation=data_options.val_fraction > 0)
-    plan = _model_spec(model_options, num_classes=2, in_channels=1)  # checks the model flags
+    # checks the model flags (and that the model's pools fit --image-size)
+    plan = _model_spec(model_options, num_classes=2, in_channels=1, input_size=data_options.image_size)
     augment = (
         Augmentation.parse(data_options.augment)
         if data_options.augment is not None
@@ -161,6 +172,10 @@ def train_run(
                 "--track-test is for end-to-end training; --layerwise reports test accuracy after each stage "
                 "in stages.csv."
             )
+        if cfg.ema is not None:
+            raise CompresskitError(
+                "--ema averages an end-to-end run's weights; --layerwise stages do not support it."
+            )
     with distributed.session(device):
         check_output(out, "train", overwrite=overwrite)
         distributed.barrier()  # every rank has looked at --out before rank 0 creates it
@@ -170,6 +185,7 @@ def train_run(
                 data_options.data_dir,
                 download=data_options.download,
                 labels=data_options.labels,
+                image_size=data_options.image_size,
             )
         )
         return _start_training(out, model_options, data_options, cfg, data, augment, device, precision,
@@ -203,10 +219,13 @@ def _start_training(
 ) -> dict:
     """`train_run` after the checks, on every rank: build the model and config, rank 0 makes the
     run directory, every rank trains."""
-    spec = _model_spec(model_options, num_classes=data.num_classes, in_channels=data.channels)
+    spec = _model_spec(
+        model_options, num_classes=data.num_classes, in_channels=data.channels, input_size=data.image_size
+    )
     if layerwise is not None:
         spec = stage_spec(spec, len(spec.conv_widths))
     model = build_model(spec, seed=cfg.seed, init=model_options.init)
+    split, val_folder = split_record(data, data_options.val_fraction, cfg.seed)
     config = RunConfig(
         command="train",
         model=ModelRecord(**asdict(model_options), spec=spec.to_dict(), parameters=count_parameters(model)),
@@ -214,12 +233,14 @@ def _start_training(
             dataset=data.name,
             data_dir=data_options.data_dir,
             augment=augment.describe(),
-            split=SplitRecord.make(data.train.labels, data_options.val_fraction, cfg.seed),
+            split=split,
             classes=list(data.classes),
             mean=list(data.mean),
             std=list(data.std),
             test_count=len(data.test),
             labels=data_options.labels,
+            image_size=data.image_size,
+            val_folder=val_folder,
         ),
         train=cfg.to_dict(),
         layerwise=None if layerwise is None else asdict(layerwise),
@@ -297,9 +318,10 @@ def _train(
         "std": config.data.std,
         "lineage": config.lineage,
     }
+    val_count = val_loader.num_samples if val_loader is not None else 0
     progress.log(
         f"{spec.name} (width {config.model.width:g}, {count_parameters(model):,} parameters) on "
-        f"{data.name}: {train_loader.num_samples} train / {config.data.split.val_count} val / "
+        f"{data.name}: {train_loader.num_samples} train / {val_count} val / "
         f"{test_loader.num_samples} test images, device {device}, {config.precision}"
     )
     title = f"{spec.name} on {data.name}"
@@ -342,25 +364,36 @@ def _train(
         )
         history = result.history
     last_epoch = int(history[-1]["epoch"]) if history else 0
-    precision = resolve_precision(cfg.precision, device)
-    _, last_test_acc = evaluate(model, test_loader, device, precision=precision)  # every rank: a collective
-    last_state = model.state_dict()
+    # quoted test accuracies are fp32 whatever training used, so they reproduce on any machine
+    test_precision = resolve_precision("fp32", device)
+    tested = {"test_precision": test_precision.describe()}
+    if result.averaged is not None:  # with --ema the model a user gets is the average
+        model.load_state_dict(result.averaged)
+    # every rank: a collective
+    _, last_test_acc = evaluate(model, test_loader, device, precision=test_precision)
+    last_state = {k: v.detach().clone() for k, v in model.state_dict().items()}  # not a view of `model`
     model.load_state_dict(result.best_state)
-    test_loss, test_acc = evaluate(model, test_loader, device, precision=precision)
+    test_loss, test_acc = evaluate(model, test_loader, device, precision=test_precision)
     if distributed.is_main():
         write_history(out / "history.csv", history)
         save_checkpoint(
             out / CHECKPOINT_NAME,
             spec,
             model,
-            {**meta, "epoch": result.best_epoch, "val_acc": result.best_val_acc, "test_acc": test_acc},
+            {
+                **meta,
+                "epoch": result.best_epoch,
+                "val_acc": result.best_val_acc,
+                "test_acc": test_acc,
+                **tested,
+            },
         )
         last = load_checkpoint(out / LAST_NAME) if (out / LAST_NAME).is_file() else None
         save_checkpoint(
             out / LAST_NAME,
             spec,
             last_state,
-            {**meta, "epoch": last_epoch, "test_acc": last_test_acc},
+            {**meta, "epoch": last_epoch, "test_acc": last_test_acc, **tested},
             training=None if last is None else last.training,
         )
         if history:
@@ -378,7 +411,9 @@ def _train(
         "test_acc": test_acc,
         "test_loss": test_loss,
         "last_test_acc": last_test_acc,
+        **tested,
         "train_seconds": result.seconds,
+        "ema": cfg.ema,
         "device": str(device),
         "world_size": distributed.world_size(),
     }
@@ -462,10 +497,10 @@ def _fit_layerwise(
         table = pd.DataFrame(done.fit.history, columns=list(HISTORY_COLUMNS))
         table.to_csv(folder / "history.csv", index=False)
         histories.append(table.assign(stage=done.stage))
-        precision = resolve_precision(train_cfg.precision, device)
+        fp32 = resolve_precision("fp32", device)  # a quoted test accuracy: fp32, as the run's own
         row = {
             **stage_row(done),
-            "test_acc": evaluate(done.model, test_loader, device, precision=precision)[1],
+            "test_acc": evaluate(done.model, test_loader, device, precision=fp32)[1],
         }
         if csi_batches is not None:
             for split, batches in csi_batches.items():
