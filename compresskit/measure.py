@@ -5,7 +5,9 @@ model it is given exactly as it found it: same weights, buffers, device and trai
 every submodule.
 
 Latency is the median of several independent repeats, reported with their spread (`relative_iqr`),
-so a speed-up measured on a busy machine shows as noise instead of passing for a result.
+so a speed-up measured on a busy machine shows as noise instead of passing for a result. To compare
+models, time them together: `compresskit.latency` interleaves them round by round and pairs the
+rounds, so a load that comes and goes does not land on one model only.
 """
 
 from __future__ import annotations
