@@ -1,4 +1,12 @@
-"""One `.pt` file per model: ``{format, version, spec, state_dict, meta}``.
+"""One `.pt` file per model, in one of two formats.
+
+* Version 1 (`save_checkpoint`, what every run writes): ``{format, version, spec, state_dict, meta
+  [, training]}``; the model is ``ConvNet(spec)``.
+* Version 2 (`save_model_checkpoint`, behind `compresskit.model_io.save`): ``{format, version,
+  architecture, edits, state_dict, meta}``; ``architecture`` is ``{spec}`` or ``{factory, kwargs}``
+  (`compresskit.architecture`), ``edits`` the modules compression rebuilt (`compresskit.edits`). The
+  model is the architecture with every edit applied; a factory is imported only from a trusted
+  module or when the caller names it (``trust_factory``).
 
 Written atomically (temporary file in the same folder, then `os.replace`) with the permissions the
 process umask gives any new file, read with ``torch.load(weights_only=True)``: a checkpoint holds
@@ -17,34 +25,58 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from compresskit.architecture import Architecture, Trust
+from compresskit.edits import apply_edits, check_edits
 from compresskit.errors import CompresskitError
 from compresskit.models import ConvNet, ModelSpec
 
 FORMAT = "compresskit.checkpoint"
-VERSION = 1
+VERSION = 1  # written by save_checkpoint: a ConvNet spec
+ARCHITECTURE_VERSION = 2  # written by save_model_checkpoint: a spec or factory, plus edits
+READABLE_VERSIONS = (VERSION, ARCHITECTURE_VERSION)
 CHECKPOINT_NAME = "checkpoint.pt"
+ARCHITECTURE_ATTR = "_compresskit_architecture"  # on a model built from a version-2 checkpoint
 
 
 @dataclass
 class Checkpoint:
-    """A loaded checkpoint: the spec to rebuild the model, its weights, and free-form metadata."""
+    """A loaded checkpoint: the spec to rebuild the model, its weights, and free-form metadata.
 
-    spec: ModelSpec
+    A version-2 checkpoint built by a factory has no `spec` but a `factory` and `factory_kwargs`;
+    `edits` (version 2 only) are the modules compression rebuilt, replayed by `build`."""
+
+    spec: ModelSpec | None
     state_dict: dict[str, torch.Tensor]
     meta: dict = field(default_factory=dict)
     path: Path | None = None
     training: dict | None = None  # a `train.TrainingState` as a dict, in resumable ``last.pt`` files only
+    factory: str | None = None
+    factory_kwargs: dict = field(default_factory=dict)
+    edits: list[dict] = field(default_factory=list)
+    version: int = VERSION
 
-    def build(self, device: torch.device | str = "cpu") -> ConvNet:
-        """The model with these weights, in eval mode, on `device`."""
-        model = ConvNet(self.spec)
+    @property
+    def architecture(self) -> Architecture:
+        return Architecture(spec=self.spec, factory=self.factory, kwargs=self.factory_kwargs)
+
+    def build(self, device: torch.device | str = "cpu", *, trust_factory: Trust = None) -> nn.Module:
+        """The model with these weights, in eval mode, on `device`: ``ConvNet(spec)``, or for version 2
+        the architecture (a factory outside the trusted modules only when named in `trust_factory`)
+        with every edit applied. Modules rebuilt by an edit are marked as edited and the model
+        remembers its architecture, so `compresskit.model_io.save` can write it again as it is."""
+        if self.version == VERSION:
+            model: nn.Module = ConvNet(self.spec)  # type: ignore[arg-type]
+        else:
+            where = f"checkpoint {self.path}"
+            model = self.architecture.build(trust_factory=trust_factory, where=where)
+            apply_edits(model, self.edits, where)
+            model.__dict__[ARCHITECTURE_ATTR] = self.architecture
         try:
             model.load_state_dict(self.state_dict)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
-            raise CompresskitError(
-                f"{self.path} has weights that do not fit its own model spec ({first})."
-            ) from None
+            what = "its own model spec" if self.version == VERSION else "its architecture and edits"
+            raise CompresskitError(f"{self.path} has weights that do not fit {what} ({first}).") from None
         return model.to(device).eval()
 
 
@@ -59,22 +91,52 @@ def save_checkpoint(
     """Write a checkpoint atomically; `weights` is a model or a state dict. `training` (tensors and
     plain values, e.g. `train.TrainingState.to_dict()`) makes it a point a run can resume from.
     Returns the path."""
-    path = Path(path)
-    meta = dict(meta or {})
-    try:
-        meta = json.loads(json.dumps(meta))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"checkpoint meta must be JSON-serialisable: {exc}") from None
-    state = weights.state_dict() if isinstance(weights, nn.Module) else weights
     payload = {
         "format": FORMAT,
         "version": VERSION,
         "spec": spec.to_dict(),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in state.items()},
-        "meta": meta,
+        "state_dict": _cpu_state(weights),
+        "meta": _json_meta(meta),
     }
     if training is not None:
         payload["training"] = training
+    return _write(Path(path), payload)
+
+
+def save_model_checkpoint(
+    path: str | Path,
+    architecture: Architecture,
+    edits: list[dict],
+    weights: nn.Module | dict,
+    meta: dict | None = None,
+) -> Path:
+    """Write a version-2 checkpoint atomically: `architecture` (spec or factory), the `edits` that
+    turn it into the saved model (`compresskit.edits.recorded_edits`), its weights and JSON `meta`.
+    Checks nothing about the model; `compresskit.model_io.save` does. Returns the path."""
+    payload = {
+        "format": FORMAT,
+        "version": ARCHITECTURE_VERSION,
+        "architecture": architecture.to_dict(),
+        "edits": json.loads(json.dumps(edits)),
+        "state_dict": _cpu_state(weights),
+        "meta": _json_meta(meta),
+    }
+    return _write(Path(path), payload)
+
+
+def _json_meta(meta: dict | None) -> dict:
+    try:
+        return json.loads(json.dumps(dict(meta or {})))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"checkpoint meta must be JSON-serialisable: {exc}") from None
+
+
+def _cpu_state(weights: nn.Module | dict) -> dict[str, torch.Tensor]:
+    state = weights.state_dict() if isinstance(weights, nn.Module) else weights
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
+def _write(path: Path, payload: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _create_temporary(path)
     try:
@@ -127,14 +189,22 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CompresskitError(f"--checkpoint {path} is not a compresskit checkpoint (no '{FORMAT}' marker).")
-    if payload.get("version") != VERSION:
+    version = payload.get("version")
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
         raise CompresskitError(
-            f"--checkpoint {path} has format version {payload.get('version')}; "
-            f"this compresskit reads version {VERSION}."
+            f"--checkpoint {path} has format version {version}; "
+            f"this compresskit reads versions {', '.join(map(str, READABLE_VERSIONS))}."
         )
     state = payload.get("state_dict")
     if not isinstance(state, dict):
         raise CompresskitError(f"--checkpoint {path} has no state_dict of tensors.")
+    if version == ARCHITECTURE_VERSION:
+        where = f"--checkpoint {path}"
+        arch = Architecture.from_dict(payload.get("architecture"), where)
+        edits = check_edits(payload.get("edits"), where)
+        return Checkpoint(spec=arch.spec, state_dict=state, meta=payload.get("meta") or {}, path=path,
+                          factory=arch.factory, factory_kwargs=arch.kwargs, edits=edits,
+                          version=ARCHITECTURE_VERSION)  # fmt: skip
     try:
         spec = ModelSpec.from_dict(payload.get("spec"))
     except (CompresskitError, TypeError) as exc:

@@ -160,8 +160,10 @@ def make_spec(
     head: str = "linear",
     dropout: float = 0.0,
     global_pool: bool = False,
+    input_size: int = 32,
 ) -> ModelSpec:
-    """The spec of a named model (`MODEL_NAMES`, e.g. ``"vgg11_bn"``) at a width multiplier.
+    """The spec of a named model (`MODEL_NAMES`, e.g. ``"vgg11_bn"``) at a width multiplier, for
+    square inputs of `input_size` pixels (the flattened head's size depends on it).
 
     `width` scales every conv layer and the mlp head's hidden layer (512), rounding to the nearest
     integer and keeping at least one channel. The attention models (`SE_MODELS`, e.g.
@@ -186,20 +188,37 @@ def make_spec(
         dropout=dropout,
         global_pool=global_pool,
         se_reduction=se_reduction,
+        input_size=input_size,
     )
     spec.validate()
     return spec
 
 
 class FactorizedConv2d(nn.Module):
-    """A rank-r stand-in for a 3×3 conv (padding 1): ``reduce`` (3×3, in → r channels, no bias)
-    then ``expand`` (1×1, r → out channels, with the original bias). MACs per output pixel:
-    r·in·9 + out·r instead of out·in·9."""
+    """A rank-r stand-in for a k×k conv (groups 1): ``reduce`` (k×k with the original stride,
+    padding, dilation and padding mode; in → r channels, no bias) then ``expand`` (1×1, stride 1,
+    r → out channels, with the original bias). MACs per output pixel: r·in·k_h·k_w + out·r instead
+    of out·in·k_h·k_w. The defaults (3×3, stride 1, padding 1) are the `ConvNet` conv that
+    ``ModelSpec.conv_ranks`` factorizes."""
 
-    def __init__(self, in_channels: int, out_channels: int, rank: int, bias: bool = True) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        rank: int,
+        bias: bool = True,
+        kernel_size: int | tuple[int, int] = 3,
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 1,
+        dilation: int | tuple[int, int] = 1,
+        padding_mode: str = "zeros",
+    ) -> None:
         super().__init__()
         self.in_channels, self.out_channels, self.rank = in_channels, out_channels, rank
-        self.reduce = nn.Conv2d(in_channels, rank, 3, padding=1, bias=False)
+        self.reduce = nn.Conv2d(
+            in_channels, rank, kernel_size, stride=stride, padding=padding, dilation=dilation,
+            bias=False, padding_mode=padding_mode,
+        )  # fmt: skip
         self.expand = nn.Conv2d(rank, out_channels, 1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ import torch
 from compresskit.checkpoint import (
     CHECKPOINT_NAME,
     FORMAT,
+    READABLE_VERSIONS,
     VERSION,
     load_checkpoint,
     save_checkpoint,
@@ -167,7 +168,7 @@ def test_wrapped_module_with_marker_is_refused(tmp_path):
 def test_other_version_is_refused(tmp_path):
     spec = make_spec("cnn", 10, width=0.25)
     path = tmp_path / "future.pt"
-    payload = {"format": FORMAT, "version": VERSION + 1, "spec": spec.to_dict(),
+    payload = {"format": FORMAT, "version": max(READABLE_VERSIONS) + 1, "spec": spec.to_dict(),
                "state_dict": build_model(spec).state_dict(), "meta": {}}  # fmt: skip
     torch.save(payload, path)
     _expect_refusal(path, "future.pt", "version")

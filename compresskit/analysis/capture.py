@@ -1,98 +1,108 @@
 """Forward hooks that capture the outputs of chosen layers, all of them in one forward pass.
 
-`select_layers(model, "blocks")` picks the layers; `LayerCapture` hooks them, and after every
-``model(x)`` its ``outputs`` dict holds each chosen layer's output for that batch (detached copies,
-so later in-place operations such as ``ReLU(inplace=True)`` cannot change them).
+`select_layers` (in `selection`, re-exported here) picks the layers; `probe_layers` runs one small
+batch to learn each layer's output shape and how many times it runs per forward pass; `LayerCapture`
+hooks them, and after every ``model(x)`` its ``outputs`` dict holds each chosen layer's output for
+that batch (detached copies, so later in-place operations such as ``ReLU(inplace=True)`` cannot
+change them).
 
-Layer selections:
-
-* ``blocks`` (default): the output of every conv block after its activation (`ConvNet.named_blocks`
-  kind ``block``: ``Sequential(conv, [bn], relu)``) and of every linear layer of the head (``fc``);
-* ``pools``: every max-pool output and every linear layer (the VGG11 layer-wise study's view);
-* ``all``: every leaf module;
-* anything else is a regular expression matched (``re.search``) against module paths such as
-  ``features.3`` or ``head.1``.
-
-Names: blocks are ``block1, block2, …``, pools ``pool1, …``, linear layers ``fc1, …`` (a factorized
-layer counts as the one layer it replaces), numbered in model order whatever the selection, exactly
-as `ConvNet.named_blocks` names them; other modules keep their path.
+A module that runs more than once in a forward pass (torchvision's BasicBlock applies its one
+``relu`` module twice) is captured at its **last** call: copies are overwritten call after call,
+and a consumer (`consume_layer_outputs`) is handed only the output of call number `Layer.calls`,
+after checking that the module ran exactly that many times, so two calls are never mixed.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from compresskit.models import ConvNet
-
-LAYER_PRESETS = ("blocks", "pools", "all")
+from compresskit.analysis.selection import (  # noqa: F401  (re-exported: the old home of these names)
+    LAYER_PRESETS,
+    Layer,
+    named_layers,
+    select_layers,
+)
+from compresskit.errors import CompresskitError
 
 
 @dataclass(frozen=True)
-class Layer:
-    """A module chosen for capture: display `name`, its `path` in ``model.named_modules()``."""
+class LayerProbe:
+    """What `probe_layers` found: the `layers` to capture (each with its `Layer.calls`), each one's
+    output shape per sample (``shapes[name]``, e.g. (C, H, W)), and the optional layers it left out
+    as ``(path, reason)``."""
 
-    name: str
-    path: str
-    module: nn.Module
-
-
-def named_layers(model: ConvNet) -> list[tuple[str, str, nn.Module, str | None]]:
-    """Every module of `model` in order as ``(name, path, module, kind)``: the blocks of
-    `ConvNet.named_blocks` under their names (``block1``, ``pool1``, ``fc1``…) with their kind
-    (block, pool or fc), every other module under its path with kind None. The root module itself
-    is left out."""
-    blocks = {block.path: block for block in model.named_blocks()}
-    rows: list[tuple[str, str, nn.Module, str | None]] = []
-    for path, module in model.named_modules():
-        if not path:
-            continue
-        block = blocks.get(path)
-        rows.append((block.name, path, module, block.kind) if block else (path, path, module, None))
-    return rows
+    layers: list[Layer]
+    shapes: dict[str, tuple[int, ...]]
+    left_out: list[tuple[str, str]]
 
 
-def select_layers(model: ConvNet, selection: str = "blocks") -> list[Layer]:
-    """The layers of `model` that `selection` names (a preset or a regex over module paths).
+def probe_layers(model: nn.Module, x: torch.Tensor, layers: Sequence[Layer]) -> LayerProbe:
+    """One forward pass of the small batch `x` (one sample is enough; eval mode, no grad) with a
+    hook on every layer, counting its calls and reading the shape of its last output.
 
-    Raises ValueError for an invalid regular expression or a selection that matches nothing.
+    A layer that does not run, returns something other than a tensor, or returns a tensor whose
+    first dimension is not the batch (or that holds no values) is left out when it is
+    `Layer.optional` and refused with a `CompresskitError` otherwise.
     """
-    rows = named_layers(model)
-    if selection == "blocks":
-        chosen = [r for r in rows if r[3] in ("block", "fc")]
-    elif selection == "pools":
-        chosen = [r for r in rows if r[3] in ("pool", "fc")]
-    elif selection == "all":
-        chosen = [r for r in rows if not any(True for _ in r[2].children())]
-    else:
-        try:
-            pattern = re.compile(selection)
-        except re.error as exc:
-            raise ValueError(
-                f"--layers '{selection}' is neither a preset ({', '.join(LAYER_PRESETS)}) "
-                f"nor a valid regular expression ({exc})."
-            ) from None
-        chosen = [r for r in rows if pattern.search(r[1])]
-    if not chosen:
-        paths = ", ".join(r[1] for r in rows[:12]) + (", …" if len(rows) > 12 else "")
-        raise ValueError(
-            f"--layers '{selection}' matches no layer of this model; use a preset "
-            f"({', '.join(LAYER_PRESETS)}) or a regex over module paths such as: {paths}."
+    calls = {layer.name: 0 for layer in layers}
+    last: dict[str, object] = {}
+
+    def hook_for(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            calls[name] += 1
+            last[name] = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+
+        return hook
+
+    handles = [layer.module.register_forward_hook(hook_for(layer.name)) for layer in layers]
+    model.eval()
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    kept, shapes, left_out = [], {}, []
+    for layer in layers:
+        shape = last.get(layer.name)
+        if calls[layer.name] == 0:
+            problem = "does not run in the forward pass"
+        elif not isinstance(shape, tuple):
+            problem = f"returns a {shape}, not a tensor"
+        elif len(shape) == 0 or shape[0] != len(x) or math.prod(shape[1:]) == 0:
+            problem = f"returns a tensor of shape {shape} for a batch of {len(x)}, not one row per sample"
+        else:
+            kept.append(replace(layer, calls=calls[layer.name]))
+            shapes[layer.name] = shape[1:]
+            continue
+        if not layer.optional:
+            raise CompresskitError(
+                f"layers: module '{layer.path}' {problem}, so it has no per-sample output to analyse; "
+                "leave it out of layers."
+            )
+        left_out.append((layer.path, problem))
+    if not kept:
+        raise CompresskitError(
+            "layers: none of the chosen modules runs in the forward pass and returns one tensor row per "
+            "sample; choose other modules."
         )
-    return [Layer(name, path, module) for name, path, module, _ in chosen]
+    return LayerProbe(kept, shapes, left_out)
 
 
 class LayerCapture:
     """Context manager: hooks on `layers`; after each forward, ``outputs[name]`` is that layer's
-    output for the batch (a detached copy, same shape as the module returned). With `consume`,
-    nothing is kept: ``consume(name, output)`` is called inside the forward pass, the moment the
-    layer returns, and must finish with the tensor there (a later in-place operation such as
+    output for the batch (a detached copy, same shape as the module returned; of its last call when
+    the module runs more than once). With `consume`, nothing is kept: ``consume(name, output)`` is
+    called inside the forward pass, the moment the layer returns from its call number
+    `Layer.calls`, and must finish with the tensor there (a later in-place operation such as
     ``ReLU(inplace=True)`` may overwrite it); that saves the copy of every captured output.
+    ``calls[name]`` counts the module's runs since the last `reset` (`forward` resets).
 
     >>> with LayerCapture(select_layers(model)) as capture:
     ...     model(x)
@@ -105,22 +115,27 @@ class LayerCapture:
         self.layers = layers
         self.consume = consume
         self.outputs: dict[str, torch.Tensor] = {}
+        self.calls: dict[str, int] = {}
         self._handles: list[Any] = []
 
-    def _hook(self, name: str):
+    def _hook(self, layer: Layer):
+        name, last_call = layer.name, layer.calls
+
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            count = self.calls[name] = self.calls.get(name, 0) + 1
             if not isinstance(output, torch.Tensor):
                 raise TypeError(f"layer {name} returned {type(output).__name__}, not a tensor")
-            if self.consume is not None:
-                self.consume(name, output.detach())
-            else:
+            if self.consume is None:
                 self.outputs[name] = output.detach().clone()
+            elif count % last_call == 0:
+                self.consume(name, output.detach())
 
         return hook
 
     def __enter__(self) -> LayerCapture:
+        self.reset()
         for layer in self.layers:
-            self._handles.append(layer.module.register_forward_hook(self._hook(layer.name)))
+            self._handles.append(layer.module.register_forward_hook(self._hook(layer)))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -128,9 +143,26 @@ class LayerCapture:
             handle.remove()
         self._handles.clear()
 
+    def reset(self) -> None:
+        """Forget the outputs and call counts (before a new forward pass)."""
+        self.outputs = {}
+        self.calls = {}
+
+    def check_calls(self) -> None:
+        """Refuse a forward pass in which a layer's module ran other than `Layer.calls` times: its
+        consumer would have been handed another call's output, or none."""
+        for layer in self.layers:
+            ran = self.calls.get(layer.name, 0)
+            if ran != layer.calls:
+                raise CompresskitError(
+                    f"layers: module '{layer.path}' ran {ran} time(s) in a forward pass but {layer.calls} "
+                    "time(s) were expected (see probe_layers); only a module that runs the same number of "
+                    "times in every forward pass can be captured."
+                )
+
     def forward(self, model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Run ``model(x)`` once and return the captured outputs (a new dict each call)."""
-        self.outputs = {}
+        self.reset()
         model(x)
         return self.outputs
 
@@ -157,9 +189,10 @@ def consume_layer_outputs(
     after_batch: Callable[[], None] | None = None,
 ) -> int:
     """One forward pass of `model` (eval mode, no grad) per ``(x, y)`` batch, calling
-    ``consume(name, output, y, start)`` for each chosen layer as soon as it returns (`start`: the
-    index of the batch's first sample among all batches); no output is copied or kept (see
-    `LayerCapture`). `after_batch` is called after every batch. Returns the number of samples."""
+    ``consume(name, output, y, start)`` for each chosen layer as soon as it returns from its last
+    call (`Layer.calls`; `start`: the index of the batch's first sample among all batches); no output
+    is copied or kept (see `LayerCapture`). `after_batch` is called after every batch. Returns the
+    number of samples."""
     model.eval()
     start = 0
     labels = torch.empty(0, dtype=torch.int64)
@@ -167,10 +200,12 @@ def consume_layer_outputs(
     def hook(name: str, output: torch.Tensor) -> None:
         consume(name, output, labels, start)
 
-    with LayerCapture(layers, consume=hook), torch.inference_mode():
+    with LayerCapture(layers, consume=hook) as capture, torch.inference_mode():
         for x, y in batches:
             labels = y
+            capture.reset()
             model(x)
+            capture.check_calls()
             start += len(y)
             if after_batch is not None:
                 after_batch()

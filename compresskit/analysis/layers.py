@@ -2,7 +2,7 @@
 
 Each split costs one forward pass over its batches when its features fit the memory budget, two
 when they do not, whatever the number of layers (plus a one-sample pass that tells the layers'
-output sizes):
+output sizes and how many times each runs per forward pass: `capture.probe_layers`):
 
 1. one pass with hooks on every chosen layer (`capture.consume_layer_outputs`) hands each output
    over the moment its layer returns, without copying it: it adds to the class sums for CSI
@@ -36,7 +36,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from compresskit.analysis.capture import Layer, LayerCapture, consume_layer_outputs
+from compresskit.analysis.capture import Layer, LayerProbe, consume_layer_outputs, probe_layers
 from compresskit.analysis.memory import default_memory_budget, features_nbytes, format_size
 from compresskit.analysis.probes import linear_probe, pool_features
 from compresskit.analysis.separation import (
@@ -110,6 +110,7 @@ class _SplitFeatures:
 
     def __init__(self, layers: Sequence[Layer], num_samples: int) -> None:
         self.n = num_samples
+        self.layers = list(layers)  # as probed: calls per forward set, optional layers left out
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.centres = {layer.name: StreamingCenterSeparation() for layer in layers}
         self.flat: dict[str, torch.Tensor] = {}
@@ -135,14 +136,12 @@ def _num_samples(batches: Batches) -> int:
     return int(count) if count is not None else sum(len(y) for _, y in batches)
 
 
-def _output_shapes(model: nn.Module, batches: Batches, layers: Sequence[Layer]) -> dict[str, tuple[int, ...]]:
-    """Each layer's output shape per sample, from a forward pass of one sample."""
+def _probe(model: nn.Module, batches: Batches, layers: Sequence[Layer]) -> LayerProbe:
+    """Each layer's output shape per sample and calls per forward pass, from a forward pass of one
+    sample (`capture.probe_layers`)."""
     for x, y in batches:
         if len(y):
-            model.eval()
-            with LayerCapture(list(layers)) as capture, torch.inference_mode():
-                outputs = capture.forward(model, x[:1])
-            return {name: tuple(value.shape[1:]) for name, value in outputs.items()}
+            return probe_layers(model, x[:1], layers)
     raise ValueError("the loader yielded no samples; there is nothing to analyse.")
 
 
@@ -155,13 +154,22 @@ def _passes(
     split: str,
     budget: int,
 ) -> _SplitFeatures:
+    probe = _probe(model, batches, layers)
+    layers = probe.layers
+    if probe.left_out:
+        progress.log(f"{split}: left out {', '.join(f'{path} ({why})' for path, why in probe.left_out)}")
     out = _SplitFeatures(layers, _num_samples(batches))
-    out.shapes = _output_shapes(model, batches, layers)
+    out.shapes = probe.shapes
     plan = out.plan = plan_features(metrics, out.n, [math.prod(s) for s in out.shapes.values()], budget)
     progress.log(f"{split}: features {plan.describe()}")
     first = layers[0].name
 
     def consume(name: str, value: torch.Tensor, y: torch.Tensor, start: int) -> None:
+        if len(value) != len(y):
+            raise CompresskitError(
+                f"layers: module '{name}' returned {len(value)} rows for a batch of {len(y)} samples; "
+                "only outputs with the batch as their first dimension can be analysed."
+            )
         if name == first:
             out.labels[start : start + len(y)] = y.cpu()
         if "csi" in metrics:
@@ -189,20 +197,24 @@ def _passes(
 
 def layer_table(
     model: nn.Module,
-    train: Loader,
-    test: Loader,
+    train: Batches,
+    test: Batches | None,
     layers: Sequence[Layer],
     metrics: Sequence[str] = METRICS,
     *,
     memory_budget: int | None = None,
     progress: Progress | None = None,
 ) -> pd.DataFrame:
-    """One row per layer with the columns of `TABLE_COLUMNS`.
+    """One row per layer with the columns of `TABLE_COLUMNS` (without the ``*_test`` ones when
+    `test` is None; the probe is then scored on the samples it was fitted on).
 
     `train` and `test` yield the (unaugmented, normalised) samples to analyse, usually
     class-balanced subsets, on the model's device. CSI and SI are fractions in [0, 1]; the probe
     columns are accuracies in [0, 1] of a linear probe fitted on the train samples (see `probes`).
-    Metrics not asked for are NaN.
+    Metrics not asked for are NaN. Every output is flattened per sample (B×C×H×W → B×(C·H·W)). The
+    rows follow `layers` as probed (`capture.probe_layers`): an optional layer that does not run or
+    returns no tensor has no row, and a module that runs several times per forward pass is
+    measured on its last call's output.
 
     `memory_budget` (bytes; default `memory.default_memory_budget()`) decides per split whether the
     features are held for a single forward pass or streamed in two (see the module docstring);
@@ -211,13 +223,17 @@ def layer_table(
     progress = progress or Progress(enabled=False)
     metrics = tuple(metrics)
     budget = _budget(memory_budget)
+    loaders = {"train": train} if test is None else {"train": train, "test": test}
     splits = {
         split: _passes(model, loader, layers, metrics, progress, split, budget)
-        for split, loader in (("train", train), ("test", test))
+        for split, loader in loaders.items()
     }
+    probed = splits["train"].layers
+    if "test" in splits and [x.name for x in splits["test"].layers] != [x.name for x in probed]:
+        raise ValueError("the train and test samples gave different layers to analyse; give both alike.")
     rows = []
-    with progress.task("metrics per layer", total=len(layers)) as advance:
-        for layer in layers:
+    with progress.task("metrics per layer", total=len(probed)) as advance:
+        for layer in probed:
             shape = splits["train"].shapes[layer.name]
             row: dict[str, object] = {
                 "layer": layer.name,
@@ -231,17 +247,18 @@ def layer_table(
                     separation_index(feats.flat.pop(layer.name), feats.labels) if "si" in metrics else np.nan
                 )
             if "probe" in metrics:
+                fit, scored = splits["train"], splits.get("test")
+                x_fit = fit.pooled.pop(layer.name)
+                x_score = x_fit if scored is None else scored.pooled.pop(layer.name)
                 row["probe_train"], row["probe_test"] = linear_probe(
-                    splits["train"].pooled.pop(layer.name),
-                    splits["train"].labels,
-                    splits["test"].pooled.pop(layer.name),
-                    splits["test"].labels,
-                )
+                    x_fit, fit.labels, x_score, fit.labels if scored is None else scored.labels
+                )  # without test samples the second accuracy repeats the first; its column is dropped
             else:
                 row["probe_train"] = row["probe_test"] = np.nan
             rows.append(row)
             advance()
-    table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    columns = [c for c in TABLE_COLUMNS if "test" in splits or not c.endswith("_test")]
+    table = pd.DataFrame(rows, columns=columns)
     table.attrs["features"] = {split: feats.plan for split, feats in splits.items()}
     return table
 
@@ -254,14 +271,14 @@ def layer_csi(
     memory_budget: int | None = None,
     progress: Progress | None = None,
 ) -> tuple[dict[str, float], FeaturePlan]:
-    """CSI of every layer of `layers` on the samples `loader` yields: ``{name: CSI in [0, 1]}`` in
-    layer order, and the `FeaturePlan` that says how the features were handled (held for one
-    forward pass when they fit `memory_budget` bytes, default a quarter of the total memory;
-    streamed in two beyond it; the same CSI either way)."""
+    """CSI of every layer of `layers` (as probed: see `layer_table`) on the samples `loader` yields:
+    ``{name: CSI in [0, 1]}`` in layer order, and the `FeaturePlan` that says how the features were
+    handled (held for one forward pass when they fit `memory_budget` bytes, default a quarter of the
+    total memory; streamed in two beyond it; the same CSI either way)."""
     progress = progress or Progress(enabled=False)
     feats = _passes(model, loader, layers, ("csi",), progress, "samples", _budget(memory_budget))
     assert feats.plan is not None
-    return {layer.name: feats.centres[layer.name].value() for layer in layers}, feats.plan
+    return {layer.name: feats.centres[layer.name].value() for layer in feats.layers}, feats.plan
 
 
 def _budget(memory_budget: int | None) -> int:

@@ -1,15 +1,16 @@
 """Low-rank factorization by truncated SVD: each chosen conv or linear layer becomes two thinner ones.
 
 A linear layer W (out×in) ≈ U_r·S_r·V_rᵀ becomes ``reduce`` = S_r^½·V_rᵀ (r×in) followed by
-``expand`` = U_r·S_r^½ (out×r). A 3×3 conv is factorized the same way on its weight reshaped to
-out×(in·3·3): ``reduce`` is a 3×3 conv to r channels, ``expand`` a 1×1 conv back to the layer's
-width (the scheme of Zhang et al. 2015 without their nonlinear refinement). Splitting S evenly keeps
-both factors at the same scale, which suits fine-tuning. By Eckart–Young, the Frobenius error of
-the weight is √(Σ discarded σ²).
+``expand`` = U_r·S_r^½ (out×r). A k×k conv is factorized the same way on its weight reshaped to
+out×(in·k·k): ``reduce`` is a k×k conv to r channels (the original stride, padding and dilation),
+``expand`` a 1×1 conv back to the layer's width (the scheme of Zhang et al. 2015 without their
+nonlinear refinement). Splitting S evenly keeps both factors at the same scale, which suits
+fine-tuning. By Eckart–Young, the Frobenius error of the weight is √(Σ discarded σ²). This module
+works on `ConvNet` blocks and specs; `lowrank_any` applies the same factors to any model.
 
 The rank of each layer comes from ``rank_ratio`` (r = ⌈ratio · full rank⌉) or ``energy`` (the
 smallest r keeping that fraction of Σσ²). A layer is left alone when the factorized pair would not
-have fewer MACs than the original (r·(in·9 + out) ≥ out·in·9 for a conv, r·(in + out) ≥ in·out for
+have fewer MACs than the original (r·(in·k² + out) ≥ out·in·k² for a conv, r·(in + out) ≥ in·out for
 a linear layer), and the plan says so.
 """
 
@@ -72,40 +73,51 @@ def rank_for_ratio(full_rank: int, ratio: float) -> int:
     return max(1, min(full_rank, math.ceil(ratio * full_rank)))
 
 
-def factorize_matrix(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+SVD = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def factorize_matrix(weight: torch.Tensor, rank: int, *, svd: SVD | None = None) -> SVD:
     """Truncated SVD of weight (out×n): returns (reduce r×n, expand out×r, all singular values), with
-    expand @ reduce the best rank-r approximation of weight."""
-    u, s, vh = torch.linalg.svd(weight.double(), full_matrices=False)
+    expand @ reduce the best rank-r approximation of weight. `svd`: the thin float64 SVD
+    ``torch.linalg.svd(weight.double(), full_matrices=False)`` when the caller already has it."""
+    u, s, vh = svd if svd is not None else torch.linalg.svd(weight.double(), full_matrices=False)
     root = s[:rank].sqrt()
     reduce = root[:, None] * vh[:rank]
     expand = u[:, :rank] * root[None, :]
     return reduce.to(weight.dtype), expand.to(weight.dtype), s
 
 
-def factorize_conv(conv: nn.Conv2d, rank: int) -> FactorizedConv2d:
-    """A `FactorizedConv2d` whose weights are the rank-`rank` SVD of `conv`'s (3×3, padding 1)."""
+def factorize_conv(conv: nn.Conv2d, rank: int, *, svd: SVD | None = None) -> FactorizedConv2d:
+    """A `FactorizedConv2d` whose weights are the rank-`rank` SVD of `conv`'s (any kernel size,
+    groups 1): the first factor keeps the conv's kernel size, stride, padding, dilation and padding
+    mode; both factors get its device and dtype."""
+    if conv.groups != 1:
+        raise ValueError(f"only a conv with groups=1 can be factorized; this one has groups={conv.groups}.")
     out_c, in_c, kh, kw = conv.weight.shape
-    reduce, expand, _ = factorize_matrix(conv.weight.detach().reshape(out_c, in_c * kh * kw), rank)
-    layer = FactorizedConv2d(in_c, out_c, rank, bias=conv.bias is not None)
+    reduce, expand, _ = factorize_matrix(conv.weight.detach().reshape(out_c, in_c * kh * kw), rank, svd=svd)
+    layer = FactorizedConv2d(
+        in_c, out_c, rank, bias=conv.bias is not None, kernel_size=conv.kernel_size, stride=conv.stride,
+        padding=conv.padding, dilation=conv.dilation, padding_mode=conv.padding_mode,
+    ).to(conv.weight)  # fmt: skip
     with torch.no_grad():
         layer.reduce.weight.copy_(reduce.reshape(rank, in_c, kh, kw))
         layer.expand.weight.copy_(expand.reshape(out_c, rank, 1, 1))
         if conv.bias is not None:
             layer.expand.bias.copy_(conv.bias)
-    return layer.to(conv.weight.device)
+    return layer
 
 
-def factorize_linear(linear: nn.Linear, rank: int) -> FactorizedLinear:
+def factorize_linear(linear: nn.Linear, rank: int, *, svd: SVD | None = None) -> FactorizedLinear:
     """A `FactorizedLinear` whose weights are the rank-`rank` SVD of `linear`'s."""
-    reduce, expand, _ = factorize_matrix(linear.weight.detach(), rank)
+    reduce, expand, _ = factorize_matrix(linear.weight.detach(), rank, svd=svd)
     has_bias = linear.bias is not None
-    layer = FactorizedLinear(linear.in_features, linear.out_features, rank, bias=has_bias)
+    layer = FactorizedLinear(linear.in_features, linear.out_features, rank, bias=has_bias).to(linear.weight)
     with torch.no_grad():
         layer.reduce.weight.copy_(reduce)
         layer.expand.weight.copy_(expand)
         if linear.bias is not None:
             layer.expand.bias.copy_(linear.bias)
-    return layer.to(linear.weight.device)
+    return layer
 
 
 def _layers(model: ConvNet) -> list[Block]:
