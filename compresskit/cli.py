@@ -59,6 +59,16 @@ PatienceMetric = _choices("PatienceMetric", ("val_acc", "val_loss"))
 LabelSet = _choices("LabelSet", ("fine", "coarse"))
 InitName = _choices("InitName", ("kaiming", "torch"))
 
+FOLDER_PREFIX = "folder:"  # --dataset folder:PATH: an image folder (compresskit.image_folder)
+
+
+def _dataset_option(value: str) -> str:
+    """A ``--dataset``: one of `DatasetName`, or ``folder:PATH``."""
+    if value in DatasetName.__members__ or (value.startswith(FOLDER_PREFIX) and value != FOLDER_PREFIX):
+        return value
+    names = ", ".join(repr(m.value) for m in DatasetName)
+    raise typer.BadParameter(f"Value error, {value!r} is not one of {names}, nor folder:PATH.")
+
 
 def _version(value: bool) -> None:
     if value:
@@ -197,7 +207,13 @@ def train(
     model: ModelName = typer.Option(
         "vgg11_bn", metavar="<name>", help="Model: " + ", ".join(m.value for m in ModelName) + "."
     ),
-    dataset: DatasetName = typer.Option("digits", help="Dataset."),
+    dataset: str = typer.Option(
+        "digits",
+        metavar="<name>",
+        callback=_dataset_option,
+        help=f"Dataset: {', '.join(m.value for m in DatasetName)}, or folder:PATH (an image folder: "
+        "PATH/train/CLASS/*, PATH/test/CLASS/*, optionally PATH/val/CLASS/* for validation).",
+    ),
     data_dir: Path | None = typer.Option(None, help="Folder holding the dataset files (default ./data)."),
     download: Download = True,
     width: float = typer.Option(1.0, help="Channel width multiplier."),
@@ -209,6 +225,7 @@ def train(
     init: InitName = typer.Option("kaiming", help="Initial weights: Kaiming, or PyTorch's layer defaults."),
     labels: LabelSet = typer.Option("fine", help="cifar100: 100 fine classes or 20 coarse superclasses."),
     val_fraction: float = typer.Option(0.1, help="Stratified share of train held out for validation."),
+    image_size: int = typer.Option(32, help="Side in pixels every image is resized to (square)."),
     augment: str | None = typer.Option(
         None,
         help="Comma list of crop[=PAD], flip, rotate[=DEGREES], cutout[=SIZE], jitter[=AMOUNT], or none. "
@@ -249,6 +266,9 @@ def train(
     track_test: bool = typer.Option(
         False, "--track-test", help="Evaluate the test split every epoch (curves only, not selection)."
     ),
+    ema: float | None = typer.Option(
+        None, help="Moving average of the weights with this decay, e.g. 0.999: evaluated and saved."
+    ),
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
@@ -275,14 +295,15 @@ def train(
                 label_smoothing=label_smoothing, target_accuracy=target_accuracy, patience=patience,
                 seed=seed, device=device.value, compile=compile, precision=precision.value,
                 patience_metric=patience_metric.value, min_delta=min_delta, nesterov=nesterov,
-                sync_bn=sync_bn, track_test=track_test,
+                sync_bn=sync_bn, track_test=track_test, ema=ema,
             )  # fmt: skip
             summary = train_run(
                 out,
                 ModelOptions(name=model.value, width=width, head=head.value, dropout=dropout,
                              global_pool=global_pool, init=init.value),
-                DataOptions(dataset=dataset.value, data_dir=data_folder, download=download,
-                            val_fraction=val_fraction, augment=augment, labels=labels.value),
+                DataOptions(dataset=dataset, data_dir=data_folder, download=download,
+                            val_fraction=val_fraction, augment=augment, labels=labels.value,
+                            image_size=image_size),
                 cfg,
                 overwrite=overwrite,
                 progress=progress,
@@ -304,6 +325,7 @@ def train(
             ("best val accuracy", _pct(summary["best_val_acc"])),
             ("test accuracy (best)", _pct(summary["test_acc"])),
             ("test accuracy (last)", _pct(summary["last_test_acc"])),
+            *([("weights", f"moving average, --ema {summary['ema']}")] if summary.get("ema") else []),
             ("training time", _train_time(summary)),
         ],
     )
@@ -326,6 +348,9 @@ def evaluate(
     tta: TtaName = typer.Option(
         "none", help="Test-time augmentation: flip (mirror), flip-translate (mirror + 1-pixel moves)."
     ),
+    precision: PrecisionName = typer.Option(
+        "fp32", help="fp32: the same accuracy on any machine; bf16 autocast; auto as for training."
+    ),
 ) -> None:
     """Test accuracy, per-class precision/recall/F1, confusion matrix, into RUN/evaluation/."""
     from compresskit.jobs import evaluate_run
@@ -338,6 +363,7 @@ def evaluate(
             batch_size=batch_size,
             device=device.value,
             tta=tta.value,
+            precision=precision.value,
         )
     per_class = result["per_class"]
     table = Table(title=f"per-class results on {result['dataset']} test", title_justify="left")
@@ -356,6 +382,7 @@ def evaluate(
         [
             ("checkpoint", result["checkpoint"]),
             ("test accuracy", _pct(result["test_acc"]) + tta_note),
+            ("computed in", f"{result['precision']} on {result['device_name']}"),
             ("macro recall", _pct(result["macro_recall"])),
             ("macro F1", _pct(result["macro_f1"])),
             ("written", f"{folder}/ (evaluation.json, per_class.csv, confusion.png, most_confused.csv)"),
@@ -431,8 +458,9 @@ def analyze(
 
 def _print_report(table, title: str) -> None:
     """A `report.comparison_table` in 80 columns: per batch size N the latency in ms as
-    median±spread% of its repeats ("ms bN") and the speed-up over the first row ("speed × bN"),
-    then one warning per latency that varies too much between repeats (`report.latency_warnings`).
+    median±spread% of its repeats ("ms bN") and the speed-up over the first row ("speed × bN":
+    the paired ``speedup_bN``±spread% where measured in interleaved rounds), then one warning per
+    latency or speed-up that varies too much between repeats (`report.latency_warnings`).
     Long model names wrap instead of being cut."""
     import math
     import re
@@ -462,7 +490,10 @@ def _print_report(table, title: str) -> None:
         view.add_column(label, justify="right", no_wrap=True)
     for row in table.to_dict("records"):
         speed = []
-        for n in batches:  # comparison_table's ratio, else relative to the first row
+        for n in batches:  # the paired speed-up ± its spread, else comparison_table's ratio of medians
+            if known(row.get(f"speedup_b{n}")):
+                speed.append(ms(row[f"speedup_b{n}"], row.get(f"speedup_b{n}_spread")))
+                continue
             ratio = row.get(f"latency_reduction_b{n}")
             if ratio is None:
                 ratio = table[f"latency_b{n}_ms"].iloc[0] / row[f"latency_b{n}_ms"]
@@ -484,6 +515,14 @@ ResumeOut = Annotated[
     typer.Option("--resume", help="Continue this stopped run directory from its last finished epoch."),
 ]
 RESUME_ALLOWED = {"resume", "data_dir", "download", "quiet", "bench_seconds", "threads"}
+Distill = Annotated[
+    bool, typer.Option(help="Fine-tune towards a teacher's soft outputs too: (1-w)*CE + w*T^2*KL.")
+]
+DistillTemperature = Annotated[float, typer.Option(help="--distill: softmax temperature T, above 0.")]
+DistillWeight = Annotated[float, typer.Option(help="--distill: weight w of the teacher's term, in [0, 1].")]
+Teacher = Annotated[
+    Path | None, typer.Option(help="--distill: teacher run directory or .pt (default: --checkpoint).")
+]
 
 
 def _resume_compression(ctx: typer.Context, run: Path, command: str, data_dir: Path | None, download: bool,
@@ -546,6 +585,10 @@ def prune(
     device: Device = DeviceName.auto,
     precision: PrecisionOption = PrecisionName.auto,
     sync_bn: SyncBn = False,
+    distill: Distill = False,
+    distill_temperature: DistillTemperature = 4.0,
+    distill_weight: DistillWeight = 0.9,
+    teacher: Teacher = None,
     data_dir: RunDataDir = None,
     download: Download = True,
     bench_seconds: BenchSeconds = 1.0,
@@ -578,7 +621,8 @@ def prune(
             )  # fmt: skip
             result = prune_run(
                 checkpoint, out, cfg, finetune, calibration_samples=calibration_samples,
-                options=_job_options(data_dir, download, bench_seconds, threads, overwrite),
+                options=_job_options(data_dir, download, bench_seconds, threads, overwrite,
+                                     _distill(distill, teacher, distill_temperature, distill_weight)),
                 progress=_progress(quiet),
             )  # fmt: skip
     if _elsewhere():
@@ -594,13 +638,19 @@ def prune(
 
 
 def _job_options(data_dir: Path | None, download: bool, bench_seconds: float, threads: int | None,
-                 overwrite: bool):  # fmt: skip
+                 overwrite: bool, distill: dict | None = None):  # fmt: skip
     from compresskit.jobs import JobOptions
 
     return JobOptions(
         data_dir=str(data_dir) if data_dir is not None else None, download=download,
-        bench_seconds=bench_seconds, threads=threads, overwrite=overwrite,
+        bench_seconds=bench_seconds, threads=threads, overwrite=overwrite, **(distill or {}),
     )  # fmt: skip
+
+
+def _distill(distill: bool, teacher: Path | None, temperature: float, weight: float) -> dict:
+    """The `JobOptions` fields of --distill, --teacher, --distill-temperature, --distill-weight."""
+    return {"distill": distill, "teacher": str(teacher) if teacher is not None else None,
+            "distill_temperature": temperature, "distill_weight": weight}  # fmt: skip
 
 
 def _finetune_config(
@@ -629,6 +679,10 @@ def lowrank(
     device: Device = DeviceName.auto,
     precision: PrecisionOption = PrecisionName.auto,
     sync_bn: SyncBn = False,
+    distill: Distill = False,
+    distill_temperature: DistillTemperature = 4.0,
+    distill_weight: DistillWeight = 0.9,
+    teacher: Teacher = None,
     data_dir: RunDataDir = None,
     download: Download = True,
     bench_seconds: BenchSeconds = 1.0,
@@ -653,7 +707,8 @@ def lowrank(
             result = lowrank_run(
                 checkpoint, out, LowRankConfig(rank_ratio=rank_ratio, energy=energy, layers=layers),
                 _finetune_config(finetune_epochs, lr, seed, device, precision, sync_bn),
-                options=_job_options(data_dir, download, bench_seconds, threads, overwrite),
+                options=_job_options(data_dir, download, bench_seconds, threads, overwrite,
+                                     _distill(distill, teacher, distill_temperature, distill_weight)),
                 progress=_progress(quiet),
             )  # fmt: skip
     if _elsewhere():
@@ -678,6 +733,10 @@ def depth(
     device: Device = DeviceName.auto,
     precision: PrecisionOption = PrecisionName.auto,
     sync_bn: SyncBn = False,
+    distill: Distill = False,
+    distill_temperature: DistillTemperature = 4.0,
+    distill_weight: DistillWeight = 0.9,
+    teacher: Teacher = None,
     data_dir: RunDataDir = None,
     download: Download = True,
     bench_seconds: BenchSeconds = 1.0,
@@ -699,7 +758,8 @@ def depth(
             result = depth_run(
                 checkpoint, out, _finetune_config(finetune_epochs, lr, seed, device, precision, sync_bn),
                 min_gain=min_gain, keep_blocks=keep_blocks, samples=samples,
-                options=_job_options(data_dir, download, bench_seconds, threads, overwrite),
+                options=_job_options(data_dir, download, bench_seconds, threads, overwrite,
+                                     _distill(distill, teacher, distill_temperature, distill_weight)),
                 progress=_progress(quiet),
             )  # fmt: skip
     if _elsewhere():
@@ -720,6 +780,7 @@ def report(
     device: DeviceName = typer.Option("cpu", help="Where latency is measured."),
     bench_seconds: BenchSeconds = 1.0,
     threads: Threads = None,
+    rounds: int = typer.Option(10, help="Rounds the timing is split into; each times every model once."),
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
@@ -730,7 +791,7 @@ def report(
     with user_errors():
         result = report_run(
             [str(r) for r in runs], out, device=device.value, bench_seconds=bench_seconds, threads=threads,
-            overwrite=overwrite, progress=Progress(enabled=not quiet),
+            rounds=rounds, overwrite=overwrite, progress=Progress(enabled=not quiet),
         )  # fmt: skip
     _print_report(result["table"], "model comparison (reductions relative to the first run)")
     _print_table("report", [("written", ", ".join(result["files"]))])

@@ -33,6 +33,7 @@ from compresskit.checkpoint import (
     save_checkpoint,
 )
 from compresskit.compress.depth import choose_depth, truncate
+from compresskit.compress.distill import DEFAULT_TEMPERATURE, DEFAULT_WEIGHT, check_distill
 from compresskit.compress.lowrank import LowRankConfig, factorize
 from compresskit.compress.prune import ChannelPruner, PruneConfig, as_batches, csi_allocation, rebuild
 from compresskit.data import ImageDataset, ImageSplit, Loader, balanced_subset
@@ -45,7 +46,9 @@ from compresskit.jobs.common import (
     run_dataset,
     write_history,
 )
-from compresskit.measure import measure_model
+from compresskit.jobs.report import measure_rows
+from compresskit.jobs.teacher import Teacher, open_teacher, recorded_options
+from compresskit.latency import describe as describe_latency
 from compresskit.models import ConvNet, ModelSpec, count_parameters
 from compresskit.plots import plot_training_curves
 from compresskit.progress import Progress
@@ -80,19 +83,27 @@ LABELS = {"prune": "pruned", "lowrank": "factorized", "depth": "truncated"}
 @dataclass
 class JobOptions:
     """Settings every compression job shares: where the data is, whether an earlier output of the
-    same command may be replaced, and how latency is measured (seconds of timing, CPU threads)."""
+    same command may be replaced, how latency is measured (seconds of timing, CPU threads), and
+    whether fine-tuning distils from a teacher (`compress.distill`; `teacher` None: the source)."""
 
     data_dir: str | None = None
     download: bool = True
     bench_seconds: float = 1.0
     threads: int | None = None
     overwrite: bool = False
+    distill: bool = False
+    teacher: str | None = None
+    distill_temperature: float = DEFAULT_TEMPERATURE
+    distill_weight: float = DEFAULT_WEIGHT
 
     def validate(self) -> None:
         if self.bench_seconds <= 0:
             raise CompresskitError(f"--bench-seconds {self.bench_seconds} must be positive.")
         if self.threads is not None and self.threads < 1:
             raise CompresskitError(f"--threads {self.threads} must be a positive integer.")
+        check_distill(self.distill_temperature, self.distill_weight)
+        if self.teacher is not None and not self.distill:
+            raise CompresskitError(f"--teacher {self.teacher} names a model to distill from; add --distill.")
 
 
 @dataclass
@@ -112,6 +123,7 @@ class CompressionJob:
     finetune: TrainConfig
     original_acc: float
     options: JobOptions
+    teacher: Teacher | None = None  # with --distill
 
     @property
     def spec(self) -> ModelSpec:
@@ -140,8 +152,14 @@ class CompressionJob:
     def precision(self) -> Precision:
         return resolve_precision(self.finetune.precision, self.device)
 
+    @property
+    def test_precision(self) -> Precision:
+        """Recorded test accuracies are fp32 whatever fine-tuning used, so they reproduce on any
+        machine (bf16 autocast where a CPU has it moved them by a few hundredths of a percent)."""
+        return resolve_precision("fp32", self.device)
+
     def accuracy(self, model: ConvNet) -> float:
-        return evaluate(model, self.test, self.device, precision=self.precision)[1]
+        return evaluate(model, self.test, self.device, precision=self.test_precision)[1]
 
 
 def open_job(checkpoint: str | Path, finetune: TrainConfig, options: JobOptions) -> CompressionJob:
@@ -170,6 +188,11 @@ def open_job(checkpoint: str | Path, finetune: TrainConfig, options: JobOptions)
     )
     model = source.build(device)
     job = CompressionJob(source, source_config, model, data, train, val, test, device, finetune, 0.0, options)
+    if options.distill:
+        job.teacher = open_teacher(
+            options.teacher, temperature=options.distill_temperature, weight=options.distill_weight,
+            source=source, source_config=source_config, device=device,
+        )  # fmt: skip
     job.original_acc = job.accuracy(model)
     return job
 
@@ -179,6 +202,8 @@ def _inputs(options: JobOptions, checkpoint: str | Path) -> list[Path]:
     inputs = [resolve_checkpoint(checkpoint)]
     if options.data_dir is not None:
         inputs.append(Path(options.data_dir))
+    if options.distill and options.teacher is not None:
+        inputs.append(Path(options.teacher))
     return inputs
 
 
@@ -199,7 +224,12 @@ def _run_config(
         ),
         data=job.source_config.data,
         train=job.finetune.to_dict(),
-        compression={"method": command, "step": step, **compression},
+        compression={
+            "method": command,
+            "step": step,
+            **compression,
+            "distill": None if job.teacher is None else job.teacher.record(),
+        },
         source=str(job.source.path),
         lineage=[*job.source_config.lineage, step],
         device=str(job.device),
@@ -600,6 +630,7 @@ def _meta(job: CompressionJob, config: RunConfig, **extra) -> dict:
         "std": record.std,
         "compressed_from": str(job.source.path),
         "lineage": config.lineage,
+        **({"test_precision": job.test_precision.describe()} if "test_acc" in extra else {}),
         **extra,
     }
 
@@ -617,8 +648,9 @@ def _fine_tune(
     step: int | None,
     resume: TrainingState | None,
 ) -> tuple[FitResult | None, list[dict]]:
-    """Train `model` in place for `epochs` with the job's settings, recording every epoch in `out`;
-    (the fit's result or None for no epochs, the run's whole history so far)."""
+    """Train `model` in place for `epochs` with the job's settings (distilling from `job.teacher`
+    when there is one), recording every epoch in `out`; (the fit's result or None for no epochs,
+    the run's whole history so far)."""
     if not epochs:
         return None, list(before)
     cfg = TrainConfig(**{**job.finetune.to_dict(), "epochs": epochs})
@@ -633,7 +665,10 @@ def _fine_tune(
         extra=extra,
     )
     on_epoch = recorder if distributed.is_main() else None
-    result = fit(model, job.train, job.val, cfg, progress=progress, resume=resume, on_epoch=on_epoch)
+    distill = None if job.teacher is None else job.teacher.distillation
+    result = fit(
+        model, job.train, job.val, cfg, progress=progress, resume=resume, on_epoch=on_epoch, distill=distill
+    )
     return result, recorder.combined(result.history)
 
 
@@ -696,19 +731,13 @@ def _finish(
         (label, compressed_model, spec, compressed_acc, out / f"{label}.pt", lineage),
         (f"{label}+fine-tuned", final, final_spec, final_acc, out / CHECKPOINT_NAME, lineage),
     ]
-    with progress.task("measuring", total=len(compared)) as advance:
-        rows = []
-        for name, model, s, acc, path, steps in compared:
-            rows.append(
-                measure_row(name, model, s, acc, path, job.options.bench_seconds, job.options.threads, steps)
-            )
-            advance()
+    rows = measure_rows(compared, job.options.bench_seconds, job.options.threads)
     table = comparison_table(rows)
     notes = [
         f"{' → '.join(lineage)}; fine-tuned {job.finetune.epochs} epochs",
         *notes,
-        "MACs: torch-pruning's counter, one image; latency: median of torch.utils.benchmark runs on "
-        f"{rows[0]['device']} with {rows[0]['threads']} threads, channels_last; test_acc: full test split",
+        f"MACs: torch-pruning's counter, one image; {describe_latency(rows)}",
+        f"test_acc: full test split, {job.test_precision.describe()}",
     ]
     write_report(table, out, f"{lineage[-1]} of {job.spec.name}", notes)
     config.model = ModelRecord(
@@ -727,34 +756,12 @@ def _finish(
         "macs_reduction": float(table["macs_reduction"].iloc[-1]),
         "latency_reduction_b1": float(table["latency_reduction_b1"].iloc[-1]),
         "latency_reduction_b128": float(table["latency_reduction_b128"].iloc[-1]),
+        "speedup_b1": float(table["speedup_b1"].iloc[-1]),
+        "speedup_b128": float(table["speedup_b128"].iloc[-1]),
+        "test_precision": job.test_precision.describe(),
     }
     write_json(out / "summary.json", summary)
     return {**summary, "table": table}
-
-
-def measure_row(
-    name: str,
-    model: ConvNet,
-    spec: ModelSpec,
-    test_acc: float,
-    path: Path | None,
-    bench_seconds: float,
-    threads: int | None = None,
-    lineage: Sequence[str] = (),
-) -> dict:
-    """One row of a comparison table: `measure.measure_model` at batch 1 and 128, plus accuracy
-    and lineage."""
-    measured = measure_model(
-        model,
-        (spec.in_channels, spec.input_size, spec.input_size),
-        batch_sizes=(1, 128),
-        device=next(model.parameters()).device,
-        checkpoint_path=path,
-        min_run_time=bench_seconds,
-        threads=threads,
-        channels_last=True,  # as compresskit runs every model (train.resolve_precision)
-    )
-    return {"model": name, **measured.to_row(), "test_acc": test_acc, "lineage": " → ".join(lineage)}
 
 
 # --------------------------------------------------------------------------- resume
@@ -776,7 +783,10 @@ def resume_compress_run(
     run = Path(run)
     check_resumable(run, command)
     config = read_config(run)
-    options = JobOptions(data_dir=data_dir, download=download, bench_seconds=bench_seconds, threads=threads)
+    options = JobOptions(
+        data_dir=data_dir, download=download, bench_seconds=bench_seconds, threads=threads,
+        **recorded_options(config),  # the teacher it distilled from, if it did
+    )  # fmt: skip
     finetune = TrainConfig(**config.train)
     device = resolve_device(finetune.device)
     if distributed.world_size() > 1:  # a resumed --sync-bn run may go on in one process
