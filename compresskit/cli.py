@@ -778,9 +778,9 @@ def report(
     runs: list[Path] = typer.Argument(..., help="Run directories or .pt files; the first is the baseline."),
     out: Path = typer.Option(..., "--out", help="New folder for report.csv, report.md, pareto.png."),
     device: DeviceName = typer.Option("cpu", help="Where latency is measured."),
-    bench_seconds: BenchSeconds = 1.0,
+    bench_seconds: BenchSeconds = 4.0,  # jobs.report.REPORT_BENCH_SECONDS
     threads: Threads = None,
-    rounds: int = typer.Option(10, help="Rounds the timing is split into; each times every model once."),
+    rounds: int = typer.Option(20, help="Rounds the timing is split into; each times every model once."),
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:

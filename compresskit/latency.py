@@ -46,7 +46,7 @@ from compresskit.measure import (
 )
 from compresskit.models import count_parameters
 
-ROUNDS = 10
+ROUNDS = 20
 MAX_BLOCK_CALLS = 100_000  # a block never grows past this, whatever a (fake) clock says
 PRIMED_FROM = 10  # blocks of this many calls or more start with one untimed call
 Clock = Callable[[], float]

@@ -15,8 +15,8 @@ repeats within 10% of each other), else FAIL.
 Run it on an otherwise idle machine (a training run in the background makes every timing
 meaningless). A quick check that it works: ``--repeats 2 --bench-seconds 0.2``. Usage:
 
-    python experiments/bench_report_stability.py [--repeats 5] [--bench-seconds 1] [--threads 2]
-        [--rounds 10] [--checkpoints A B] [--keep DIR] [--out results/bench_report_stability.txt]
+    python experiments/bench_report_stability.py [--repeats 5] [--bench-seconds 4] [--threads 2]
+        [--rounds 20] [--checkpoints A B] [--keep DIR] [--out results/bench_report_stability.txt]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import torch
 from compresskit.checkpoint import save_checkpoint
 from compresskit.compress.prune import PruneConfig, prune_copy
 from compresskit.jobs.evaluate import device_name
+from compresskit.jobs.report import REPORT_BENCH_SECONDS
 from compresskit.latency import ROUNDS
 from compresskit.models import build_model, make_spec
 
@@ -76,7 +77,7 @@ def main() -> None:
     parser.add_argument("--model", default="vgg11_bn")
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--bench-seconds", type=float, default=1.0)
+    parser.add_argument("--bench-seconds", type=float, default=REPORT_BENCH_SECONDS)
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--tolerance", type=float, default=1.10, help="largest max/min that passes")
