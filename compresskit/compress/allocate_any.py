@@ -32,7 +32,7 @@ from torch import nn
 
 from compresskit.analysis.separation import StreamingCenterSeparation
 from compresskit.compress.prune import _kept
-from compresskit.compress.taps import Batches, Tap, forward_example, run_taps
+from compresskit.compress.taps import Batches, Tap, hooked_forward, run_taps
 from compresskit.errors import CompresskitError
 
 ROOT_TYPES = [tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR, tp.ops.TORCH_LSTM]  # MetaPruner's default roots
@@ -89,17 +89,7 @@ class MacModel:
                 )
 
         layers = [m for m in model.modules() if isinstance(m, _LAYERS)]
-        handles = [m.register_forward_hook(hook) for m in layers]
-        modes = {m: m.training for m in model.modules()}
-        model.eval()
-        try:
-            with torch.no_grad():
-                forward_example(model, example_inputs)
-        finally:
-            for handle in handles:
-                handle.remove()
-            for module, training in modes.items():
-                module.training = training
+        hooked_forward(model, example_inputs, layers, hook)
         sizes = {
             m: (m.out_features, m.in_features)
             if isinstance(m, nn.Linear)

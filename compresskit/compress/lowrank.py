@@ -76,6 +76,18 @@ def rank_for_ratio(full_rank: int, ratio: float) -> int:
 SVD = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
+def choose_rank(singular_values: torch.Tensor, full_rank: int, cfg: LowRankConfig) -> tuple[int, float]:
+    """The rank `cfg` asks for (by `rank_ratio` or `energy`) and the fraction of Σσ² it keeps."""
+    s = singular_values
+    if cfg.rank_ratio is not None:
+        rank = rank_for_ratio(full_rank, cfg.rank_ratio)
+    else:
+        assert cfg.energy is not None
+        rank = rank_for_energy(s, cfg.energy)
+    kept = float((s[:rank] ** 2).sum() / (s**2).sum()) if s.sum() > 0 else 1.0
+    return rank, kept
+
+
 def factorize_matrix(weight: torch.Tensor, rank: int, *, svd: SVD | None = None) -> SVD:
     """Truncated SVD of weight (out×n): returns (reduce r×n, expand out×r, all singular values), with
     expand @ reduce the best rank-r approximation of weight. `svd`: the thin float64 SVD
@@ -162,13 +174,7 @@ def factorize(
         matrix = weight.reshape(weight.shape[0], -1)
         out_f, n = matrix.shape
         full = min(out_f, n)
-        s = torch.linalg.svdvals(matrix.double())
-        if cfg.rank_ratio is not None:
-            rank = rank_for_ratio(full, cfg.rank_ratio)
-        else:
-            assert cfg.energy is not None
-            rank = rank_for_energy(s, cfg.energy)
-        kept = float((s[:rank] ** 2).sum() / (s**2).sum()) if s.sum() > 0 else 1.0
+        rank, kept = choose_rank(torch.linalg.svdvals(matrix.double()), full, cfg)
         per_position = pixels[position] if is_conv else 1
         before = per_position * out_f * n
         after = per_position * rank * (n + out_f)

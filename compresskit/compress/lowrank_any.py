@@ -22,12 +22,11 @@ from torch import nn
 from compresskit.compress.lowrank import (
     LayerPlan,
     LowRankConfig,
+    choose_rank,
     factorize_conv,
     factorize_linear,
-    rank_for_energy,
-    rank_for_ratio,
 )
-from compresskit.compress.taps import forward_example
+from compresskit.compress.taps import hooked_forward
 from compresskit.edits import mark_edited
 from compresskit.errors import CompresskitError
 from compresskit.models import FACTORIZED
@@ -42,19 +41,8 @@ def _positions(model: nn.Module, example_inputs: torch.Tensor | tuple) -> dict[n
         channels = output.shape[1] if isinstance(module, nn.Conv2d) else output.shape[-1]
         found[module] = found.get(module, 0) + output.numel() // max(1, output.shape[0]) // channels
 
-    handles = [
-        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
-    ]
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            forward_example(model, example_inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, training in modes.items():
-            module.training = training
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    hooked_forward(model, example_inputs, layers, hook)
     return found
 
 
@@ -130,13 +118,7 @@ def lowrank_model(
             plans.append(LayerPlan(path, shape, full, full, 1.0, before, before, "kept: not selected"))
             continue
         svd = torch.linalg.svd(matrix.double(), full_matrices=False)
-        s = svd[1]
-        if cfg.rank_ratio is not None:
-            rank = rank_for_ratio(full, cfg.rank_ratio)
-        else:
-            assert cfg.energy is not None
-            rank = rank_for_energy(s, cfg.energy)
-        kept = float((s[:rank] ** 2).sum() / (s**2).sum()) if s.sum() > 0 else 1.0
+        rank, kept = choose_rank(svd[1], full, cfg)
         after = per_position * rank * (n + out_f)
         if after >= before and only_if_cheaper:
             plans.append(LayerPlan(path, shape, full, rank, kept, before, before, "kept: no MAC saving"))

@@ -39,6 +39,24 @@ def forward_example(model: nn.Module, example_inputs: object) -> object:
     return model(example_inputs)
 
 
+def hooked_forward(
+    model: nn.Module, example_inputs: object, layers: Sequence[nn.Module], hook: Callable
+) -> None:
+    """One `forward_example` pass in eval mode without gradients with `hook` as a forward hook on
+    every module of `layers`; the hooks are removed and every module's train/eval flag restored after."""
+    handles = [m.register_forward_hook(hook) for m in layers]
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            forward_example(model, example_inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, training in modes.items():
+            module.training = training
+
+
 def _saved(node: object, name: str) -> float:
     return float(getattr(node, name))
 
