@@ -218,3 +218,16 @@ def write_image_folder(
                 rows.append((path, array, label))
         written[split] = rows
     return written
+
+
+def stopping_after_epoch(recorder: type, epoch: int) -> type:
+    """A subclass of a job's `EpochRecorder` that records `epoch` and then interrupts the run as
+    Ctrl-C would (patch it over the job module's ``EpochRecorder`` to stop a run mid-way)."""
+
+    class StopAfterEpoch(recorder):
+        def __call__(self, state):
+            super().__call__(state)
+            if state.epoch == epoch:
+                raise KeyboardInterrupt
+
+    return StopAfterEpoch

@@ -7,7 +7,6 @@ import math
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 import torchvision
@@ -27,6 +26,7 @@ from compresskit.analysis import (
 )
 from compresskit.errors import CompresskitError
 from compresskit.models import FactorizedConv2d, build_model, make_spec
+from tests.test_analysis import _slow_csi
 
 CLASSES = 4
 
@@ -57,19 +57,6 @@ def _loader(n: int = 48, seed: int = 0, **kwargs) -> DataLoader:
 
 def _leaves(model: nn.Module) -> list[str]:
     return [path for path, m in model.named_modules() if path and not list(m.children())]
-
-
-def _slow_csi(features: np.ndarray, labels: np.ndarray) -> float:
-    """CSI by the definition: the fraction of samples whose nearest class mean (Euclidean, float64,
-    ties to the lowest class) is their own class's, one sample and one centre at a time."""
-    x = features.reshape(len(features), -1).astype(np.float64)
-    classes = sorted(set(labels.tolist()))
-    centres = [x[labels == c].mean(0) for c in classes]
-    hits = 0
-    for row, label in zip(x, labels, strict=True):
-        distances = [float(((row - centre) ** 2).sum()) for centre in centres]
-        hits += classes[distances.index(min(distances))] == label
-    return hits / len(x)
 
 
 def _hooked_outputs(model: nn.Module, module: nn.Module, images: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ from compresskit.jobs import (
 )
 from compresskit.models import build_model, make_spec
 from compresskit.train import TrainConfig, fit, predict, resolve_precision
+from tests.fakedata import stopping_after_epoch
 
 
 def _reference_loss(student, teacher, labels, temperature, weight, smoothing) -> float:
@@ -175,15 +176,9 @@ def test_a_distilling_compressed_run_resumes_with_its_recorded_teacher(runs, tmp
     record = json.loads((alone / "config.json").read_text())["compression"]["distill"]
     assert record == {"teacher": str(teacher / "checkpoint.pt"), "temperature": 3.0, "weight": 0.7}
 
-    class StopAfterEpoch2(compress_job.EpochRecorder):
-        def __call__(self, state):
-            super().__call__(state)
-            if state.epoch == 2:
-                raise KeyboardInterrupt
-
     run = tmp_path / "run"
     with monkeypatch.context() as patch:
-        patch.setattr(compress_job, "EpochRecorder", StopAfterEpoch2)
+        patch.setattr(compress_job, "EpochRecorder", stopping_after_epoch(compress_job.EpochRecorder, 2))
         with pytest.raises(RunInterrupted):
             _run(source, run, **chosen)
     assert len(_history(run)) == 2

@@ -17,6 +17,7 @@ from compresskit.errors import CompresskitError
 from compresskit.jobs import DataOptions, ModelOptions, RunInterrupted, resume_train_run, train_run
 from compresskit.models import build_model, make_spec
 from compresskit.train import TrainConfig, TrainingState, evaluate, fit, resolve_precision
+from tests.fakedata import stopping_after_epoch
 
 
 def _small_net() -> nn.Module:
@@ -181,15 +182,9 @@ def test_a_run_with_ema_interrupted_and_resumed_equals_the_run_left_alone(tmp_pa
     alone = tmp_path / "alone"
     train_run(alone, *TRAIN_OPTIONS, _train_cfg())
 
-    class StopAfterEpoch2(train_job.EpochRecorder):
-        def __call__(self, state):
-            super().__call__(state)
-            if state.epoch == 2:
-                raise KeyboardInterrupt
-
     run = tmp_path / "run"
     with monkeypatch.context() as patch:
-        patch.setattr(train_job, "EpochRecorder", StopAfterEpoch2)
+        patch.setattr(train_job, "EpochRecorder", stopping_after_epoch(train_job.EpochRecorder, 2))
         with pytest.raises(RunInterrupted):
             train_run(run, *TRAIN_OPTIONS, _train_cfg())
     last = load_checkpoint(run / "last.pt")
