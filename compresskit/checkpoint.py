@@ -3,10 +3,10 @@
 * Version 1 (`save_checkpoint`, what every run writes): ``{format, version, spec, state_dict, meta
   [, training]}``; the model is ``ConvNet(spec)``.
 * Version 2 (`save_model_checkpoint`, behind `compresskit.model_io.save`): ``{format, version,
-  architecture, edits, state_dict, meta}``; ``architecture`` is ``{spec}`` or ``{factory, kwargs}``
-  (`compresskit.architecture`), ``edits`` the modules compression rebuilt (`compresskit.edits`). The
-  model is the architecture with every edit applied; a factory is imported only from a trusted
-  module or when the caller names it (``trust_factory``).
+  architecture, edits, state_dict, meta[, training]}``; ``architecture`` is ``{spec}`` or
+  ``{factory, kwargs}`` (`compresskit.architecture`), ``edits`` the modules compression rebuilt
+  (`compresskit.edits`). The model is the architecture with every edit applied; a factory is
+  imported only from a trusted module or when the caller names it (``trust_factory``).
 
 Written atomically (temporary file in the same folder, then `os.replace`) with the permissions the
 process umask gives any new file, read with ``torch.load(weights_only=True)``: a checkpoint holds
@@ -109,10 +109,13 @@ def save_model_checkpoint(
     edits: list[dict],
     weights: nn.Module | dict,
     meta: dict | None = None,
+    *,
+    training: dict | None = None,
 ) -> Path:
     """Write a version-2 checkpoint atomically: `architecture` (spec or factory), the `edits` that
-    turn it into the saved model (`compresskit.edits.recorded_edits`), its weights and JSON `meta`.
-    Checks nothing about the model; `compresskit.model_io.save` does. Returns the path."""
+    turn it into the saved model (`compresskit.edits.recorded_edits`), its weights and JSON `meta`;
+    `training` as for `save_checkpoint` (a resumable ``last.pt``). Checks nothing about the model;
+    `compresskit.model_io.save` does. Returns the path."""
     payload = {
         "format": FORMAT,
         "version": ARCHITECTURE_VERSION,
@@ -121,6 +124,8 @@ def save_model_checkpoint(
         "state_dict": _cpu_state(weights),
         "meta": _json_meta(meta),
     }
+    if training is not None:
+        payload["training"] = training
     return _write(Path(path), payload)
 
 
@@ -202,9 +207,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         where = f"--checkpoint {path}"
         arch = Architecture.from_dict(payload.get("architecture"), where)
         edits = check_edits(payload.get("edits"), where)
+        training = payload.get("training")
         return Checkpoint(spec=arch.spec, state_dict=state, meta=payload.get("meta") or {}, path=path,
                           factory=arch.factory, factory_kwargs=arch.kwargs, edits=edits,
-                          version=ARCHITECTURE_VERSION)  # fmt: skip
+                          version=ARCHITECTURE_VERSION,
+                          training=training if isinstance(training, dict) else None)  # fmt: skip
     try:
         spec = ModelSpec.from_dict(payload.get("spec"))
     except (CompresskitError, TypeError) as exc:

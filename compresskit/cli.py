@@ -70,6 +70,35 @@ def _dataset_option(value: str) -> str:
     raise typer.BadParameter(f"Value error, {value!r} is not one of {names}, nor folder:PATH.")
 
 
+TORCHVISION_PREFIX = "torchvision:"  # --model torchvision:NAME (compresskit.zoo)
+
+
+def _model_option(value: str) -> str:
+    """A ``--model``: one of `ModelName`, or ``torchvision:NAME`` (the name is checked by the job)."""
+    torchvision = value.startswith(TORCHVISION_PREFIX) and value != TORCHVISION_PREFIX
+    if value in ModelName.__members__ or torchvision:
+        return value
+    names = ", ".join(repr(m.value) for m in ModelName)
+    raise typer.BadParameter(f"Value error, {value!r} is not one of {names}, nor torchvision:NAME.")
+
+
+def _json_object(value: str | None, flag: str) -> dict | None:
+    """`value` parsed as a JSON object, None when not given; one sentence naming `flag` otherwise."""
+    import json
+
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except ValueError as exc:
+        raise CompresskitError(
+            f"{flag} {value!r} is not valid JSON ({exc}); give an object such as '{{}}'."
+        ) from None
+    if not isinstance(parsed, dict):
+        raise CompresskitError(f"{flag} {value!r} must be a JSON object such as '{{\"dropout\": 0.2}}'.")
+    return parsed
+
+
 def _version(value: bool) -> None:
     if value:
         from compresskit import __version__
@@ -204,8 +233,20 @@ def train(
     resume: Path | None = typer.Option(
         None, "--resume", help="Continue this stopped run directory from its last finished epoch."
     ),
-    model: ModelName = typer.Option(
-        "vgg11_bn", metavar="<name>", help="Model: " + ", ".join(m.value for m in ModelName) + "."
+    model: str = typer.Option(
+        "vgg11_bn",
+        metavar="<name>",
+        callback=_model_option,
+        help="Model: " + ", ".join(m.value for m in ModelName) + ", or torchvision:NAME (any torchvision "
+        "classification model, e.g. torchvision:resnet18, randomly initialised).",
+    ),
+    model_kwargs: str | None = typer.Option(
+        None, help="torchvision:NAME: its keyword arguments as a JSON object, e.g. '{\"dropout\": 0.2}'."
+    ),
+    cifar_stem: bool = typer.Option(
+        False,
+        "--cifar-stem",
+        help="torchvision:NAME: a 3x3 stride-1 stem conv and no max-pool (for ResNets on 32x32 images).",
     ),
     dataset: str = typer.Option(
         "digits",
@@ -299,8 +340,9 @@ def train(
             )  # fmt: skip
             summary = train_run(
                 out,
-                ModelOptions(name=model.value, width=width, head=head.value, dropout=dropout,
-                             global_pool=global_pool, init=init.value),
+                ModelOptions(name=model, width=width, head=head.value, dropout=dropout,
+                             global_pool=global_pool, init=init.value,
+                             kwargs=_json_object(model_kwargs, "--model-kwargs"), cifar_stem=cifar_stem),
                 DataOptions(dataset=dataset, data_dir=data_folder, download=download,
                             val_fraction=val_fraction, augment=augment, labels=labels.value,
                             image_size=image_size),
@@ -394,8 +436,13 @@ def evaluate(
 def analyze(
     checkpoint: Path = typer.Option(..., help="Run directory (its checkpoint.pt) or a .pt file."),
     samples: int = typer.Option(1000, help="Class-balanced images per split (train and test)."),
-    layers: str = typer.Option(
-        "blocks", help="blocks (conv blocks + linear), pools (max-pools + linear), all, or a regex."
+    layers: str | None = typer.Option(
+        None,
+        help="A compresskit model: blocks (conv blocks + linear; its default), pools (max-pools + linear), "
+        "all, or a regex over module paths. Any other model: all (every leaf module; its default), convs "
+        "(conv and linear layers), stages (the model's direct children), a regex over module paths "
+        "(e.g. '^layer[1-4]$'), or a comma list of module paths (e.g. layer1.0.conv1,fc).",
+        show_default=False,
     ),
     metrics: str = typer.Option("csi,si,probe", help="Comma list of csi, si, probe; or none."),
     filters: bool = typer.Option(False, "--filters", help="Also draw the first-layer filters."),
@@ -631,7 +678,8 @@ def prune(
     _print_table(
         "pruning",
         [
-            ("conv widths", str(result["conv_widths"])),
+            ("conv widths", str(result["conv_widths"])) if "conv_widths" in result
+            else ("channels", str(result.get("channels"))),
             ("written", f"{out}/ (checkpoint.pt, pruned.pt, report.md, report.csv, widths.csv, curves.png)"),
         ],
     )
@@ -795,6 +843,68 @@ def report(
         )  # fmt: skip
     _print_report(result["table"], "model comparison (reductions relative to the first run)")
     _print_table("report", [("written", ", ".join(result["files"]))])
+
+
+@app.command("import")
+def import_(
+    factory: str = typer.Option(
+        ..., metavar="MODULE:FUNCTION", help="Function building the model, e.g. torchvision.models:resnet18."
+    ),
+    factory_kwargs: str | None = typer.Option(
+        None, help="Its keyword arguments as a JSON object, e.g. '{\"num_classes\": 10}'."
+    ),
+    trust_factory: bool = typer.Option(
+        False,
+        "--trust-factory",
+        help="Import --factory's module even outside torchvision.models, timm and compresskit.models "
+        "(it runs that code).",
+    ),
+    weights: Path = typer.Option(
+        ..., help="The trained weights: a .pt state dict (bare, or under 'state_dict' or 'model')."
+    ),
+    out: Path = typer.Option(..., "--out", help="Run directory to create."),
+    dataset: str = typer.Option(
+        ...,
+        metavar="<name>",
+        callback=_dataset_option,
+        help=f"Data the model was trained for: {', '.join(m.value for m in DatasetName)}, or folder:PATH.",
+    ),
+    data_dir: Path | None = typer.Option(None, help="Folder holding the dataset files (default ./data)."),
+    download: Download = True,
+    labels: LabelSet = typer.Option("fine", help="cifar100: 100 fine classes or 20 coarse superclasses."),
+    image_size: int = typer.Option(32, help="Side in pixels every image is resized to (square)."),
+    val_fraction: float = typer.Option(0.1, help="Stratified share of train held out for validation."),
+    augment: str | None = typer.Option(
+        None, help="Augmentation later fine-tuning uses (as train's --augment); default the dataset's."
+    ),
+    seed: int = typer.Option(0, help="Seed of the validation split."),
+    device: Device = DeviceName.auto,
+    overwrite: Overwrite = False,
+) -> None:
+    """Bring a model trained elsewhere into a run directory (evaluated on import), so evaluate,
+    analyze, prune, lowrank and report work on it."""
+    from compresskit.jobs.import_ import ImportOptions, import_run
+
+    with user_errors():
+        summary = import_run(
+            out,
+            ImportOptions(
+                factory=factory, weights=str(weights), dataset=dataset,
+                factory_kwargs=_json_object(factory_kwargs, "--factory-kwargs"), trust_factory=trust_factory,
+                data_dir=str(data_dir) if data_dir is not None else None, download=download,
+                labels=labels.value, image_size=image_size, val_fraction=val_fraction, augment=augment,
+                seed=seed, device=device.value,
+            ),
+            overwrite=overwrite,
+        )  # fmt: skip
+    _print_table(
+        f"imported {summary['model']} for {summary['dataset']}",
+        [
+            ("run directory", summary["run"]),
+            ("parameters", f"{summary['parameters']:,}"),
+            ("test accuracy", _pct(summary["test_acc"]) + f" ({summary['test_precision']})"),
+        ],
+    )
 
 
 @app.command()

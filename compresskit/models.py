@@ -460,3 +460,7 @@ def build_model(spec: ModelSpec, *, seed: int | None = None, init: str = "kaimin
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# Re-exported so a checkpoint can name it as "compresskit.models:torchvision_model" (a trusted module).
+from compresskit.zoo import torchvision_model  # noqa: E402, F401

@@ -37,7 +37,7 @@ RUN_FILE = "run.json"
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
 STATES = ("running", "finished", "interrupted", "failed")
-RUN_COMMANDS = ("train", "prune", "lowrank", "depth")
+RUN_COMMANDS = ("train", "prune", "lowrank", "depth", "import")
 
 
 # --------------------------------------------------------------------------- small atomic writers
@@ -298,7 +298,8 @@ class DataRecord:
 @dataclass
 class ModelRecord:
     """How the model was asked for (name, width, head, dropout, global pool) and the exact spec
-    (`ModelSpec.to_dict()`) it ended up with."""
+    (`ModelSpec.to_dict()`) it ended up with; for any other model (``train --model torchvision:NAME``,
+    ``import``) the factory it is built by (`architecture`)."""
 
     name: str
     width: float
@@ -308,6 +309,9 @@ class ModelRecord:
     spec: dict
     parameters: int
     init: str = "kaiming"  # how the weights were initialised (`models.INITS`)
+    # A model compresskit's ConvNet is not: its `architecture.Architecture.to_dict()` ({factory,
+    # kwargs}), `spec` then empty; None for a ConvNet, which `spec` describes.
+    architecture: dict | None = None
 
 
 @dataclass

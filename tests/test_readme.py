@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from compresskit.cli import app
 from compresskit.evaluation import ClassificationReport
+from tests.fastlatency import batch_one_latency
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 MARKER = "Everything the CLI does is a library call away in a notebook"
@@ -58,3 +59,65 @@ def test_notebook_snippet_runs_on_a_demo_run(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert f"CSI {namespace['csi']:.3f}" in printed
     assert "precision" in printed and "share" in printed
+
+
+BYOM = "### Bring your own model"
+
+
+def byom_blocks() -> tuple[str, list[str]]:
+    """The python block and the ``compresskit …`` lines of the bash block in "Bring your own model"."""
+    text = README.read_text(encoding="utf-8")
+    assert BYOM in text, f"README.md lost its {BYOM!r} section"
+    section = text[text.index(BYOM) :].split("\n### ", 1)[0]
+    python = re.search(r"^```python\n(.*?)^```$", section, flags=re.DOTALL | re.MULTILINE)
+    bash = re.search(r"^```bash\n(.*?)^```$", section, flags=re.DOTALL | re.MULTILINE)
+    assert python is not None and bash is not None, "the section lost its python or bash block"
+    commands = [line for line in bash.group(1).splitlines() if line.startswith("compresskit ")]
+    return python.group(1), commands
+
+
+def test_bring_your_own_model_snippet_runs(tmp_path, monkeypatch):
+    from compresskit.measure import count_macs
+
+    monkeypatch.chdir(tmp_path)
+    snippet, _ = byom_blocks()
+    namespace: dict = {"__name__": "readme_byom"}
+    exec(compile(snippet, str(README), "exec"), namespace)
+    table, model, small, same = (namespace[k] for k in ("table", "model", "small", "same"))
+    assert table["layer"].tolist()[0] == "conv1" and table["layer"].tolist()[-1] == "fc"
+    shape = (3, 32, 32)
+    assert count_macs(namespace["pruned"], shape) < 0.4 * count_macs(model, shape)
+    assert count_macs(small, shape) < count_macs(namespace["pruned"], shape)
+    x = torch.randn(2, *shape)
+    with torch.no_grad():
+        assert torch.equal(same(x), small.eval()(x))
+
+
+def test_bring_your_own_model_commands_run(tmp_path, monkeypatch):
+    """The README's commands with substitutions for a test: the synthetic set at 4×4 pixels, one
+    epoch, no fine-tuning, the low-rank of one layer, short timing, 4 classes for the import."""
+    import torchvision
+
+    _, commands = byom_blocks()
+    assert [c.split()[1] for c in commands] == ["train", "analyze", "prune", "lowrank", "report", "import"]
+    monkeypatch.chdir(tmp_path)
+    torch.save(torchvision.models.resnet18(num_classes=4).state_dict(), tmp_path / "resnet18.pt")
+    substitutions = {
+        "--dataset cifar10 --epochs 30": "--dataset synthetic --image-size 4 --epochs 1 --precision fp32",
+        "--dataset cifar10": "--dataset synthetic --image-size 4",
+        '"num_classes": 10': '"num_classes": 4',
+        "--energy 0.9": "--energy 0.5 --layers layer4.1.conv2",
+    }
+    fast = {"prune": "--finetune-epochs 0 --bench-seconds 0.001", "lowrank": "--finetune-epochs 0 "
+            "--bench-seconds 0.001", "report": "--bench-seconds 0.001 --rounds 1"}  # fmt: skip
+    for command in commands:
+        for old, new in substitutions.items():  # in order: the train line's first
+            command = command.replace(old, new)
+        args = shlex.split(command)[1:]
+        args += shlex.split(fast.get(args[0], "")) + ([] if args[0] == "import" else ["--quiet"])
+        with batch_one_latency():
+            result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, (command, result.output)
+    for run in ("r18", "r18-pruned", "r18-lowrank", "imported"):
+        assert (tmp_path / "runs" / run / "checkpoint.pt").is_file(), run
+    assert (tmp_path / "runs" / "r18-report" / "report.csv").is_file()

@@ -11,6 +11,7 @@ import torch
 
 from compresskit.data import Loader, balanced_subset
 from compresskit.errors import CompresskitError
+from compresskit.jobs.anymodel import model_name
 from compresskit.jobs.common import open_checkpoint
 from compresskit.progress import Progress
 from compresskit.rundir import RUN_FILE, check_derived_folder, staged_output
@@ -23,7 +24,7 @@ def analyze_run(
     checkpoint: str | Path,
     *,
     samples: int = 1000,
-    layers: str = "blocks",
+    layers: str | None = None,
     metrics: str = "csi,si,probe",
     filters: bool = False,
     data_dir: str | None = None,
@@ -37,6 +38,10 @@ def analyze_run(
     """Per-layer CSI, SI and linear-probe accuracy of `checkpoint`, on class-balanced subsets of
     `samples` training images (from the part of train the run was fitted on: its recorded split,
     checked) and `samples` test images.
+
+    `layers`: None is the model's default (``blocks`` for a compresskit ConvNet, ``all`` for any
+    other model), else a preset, a regular expression over module paths, or a comma list of module
+    paths (`layer_selection`; see `analysis.selection`).
 
     `memory_budget` (bytes, or a size such as "4GiB"; default a quarter of the total memory) is
     what each split's features may take to be held for a single forward pass (see
@@ -76,9 +81,11 @@ def analyze_run(
     torch_device = resolve_device(device)
     model = ckpt.build(torch_device)
     try:
-        chosen = select_layers(model, layers)
+        chosen = select_layers(model, layer_selection(model, layers))
     except ValueError as exc:
         raise CompresskitError(str(exc)) from None
+    except CompresskitError as exc:  # the library names its parameter; this is the flag
+        raise CompresskitError(str(exc).replace("layers", "--layers", 1)) from None
     result: dict = {"checkpoint": str(ckpt.path), "dataset": data.name, "files": []}
     with staged_output(folder, "analyze") as stage:
         if folder.is_dir():  # keep what this call does not redo
@@ -100,14 +107,14 @@ def analyze_run(
                 for split in (data.train.subset(train_pick), data.test.subset(test_pick))
             ]
             progress.log(
-                f"analyzing {len(chosen)} layers of {ckpt.spec.name} on {len(train_pick)} train and "
+                f"analyzing {len(chosen)} layers of {model_name(ckpt)} on {len(train_pick)} train and "
                 f"{len(test_pick)} test images of {data.name} ({', '.join(metric_names)})"
             )
             table = layer_table(
                 model, *loaders, chosen, metric_names, memory_budget=budget, progress=progress
             )
             table.to_csv(stage / "layers.csv", index=False)
-            plot_separation(table, stage / "separation.png", title=f"{ckpt.spec.name} on {data.name}")
+            plot_separation(table, stage / "separation.png", title=f"{model_name(ckpt)} on {data.name}")
             result.update(
                 table=table,
                 train_samples=len(train_pick),
@@ -121,7 +128,18 @@ def analyze_run(
             plot_filters(
                 first_conv.weight.detach().cpu().numpy(),
                 stage / "filters.png",
-                title=f"first-layer filters of {ckpt.spec.name}",
+                title=f"first-layer filters of {model_name(ckpt)}",
             )
         result["files"] = [str(folder / p.name) for p in sorted(stage.iterdir()) if p.name != RUN_FILE]
     return result
+
+
+def layer_selection(model: torch.nn.Module, layers: str | None) -> str | list[str] | None:
+    """``--layers`` as `select_layers` takes it: a comma list whose every item is a module path of
+    `model` becomes that list of paths; anything else (None, a preset, a regular expression, which
+    may hold commas itself) is passed on unchanged."""
+    if layers is None or "," not in layers:
+        return layers
+    items = [item.strip() for item in layers.split(",")]
+    paths = {path for path, _ in model.named_modules() if path}
+    return items if all(item in paths for item in items) else layers

@@ -16,9 +16,11 @@ import pandas as pd
 import torch
 
 from compresskit import __version__, distributed
-from compresskit.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from compresskit.architecture import Architecture
+from compresskit.checkpoint import Checkpoint, load_checkpoint
 from compresskit.data import Augmentation, ImageDataset, ImageSplit, Loader, load_dataset
 from compresskit.errors import CompresskitError
+from compresskit.jobs.anymodel import input_shape, output_count, save_run_checkpoint
 from compresskit.models import ModelSpec
 from compresskit.plots import plot_training_curves
 from compresskit.rundir import DataRecord, RunConfig, SplitRecord, read_config, set_state, write_text_atomic
@@ -131,12 +133,15 @@ def run_dataset(config: RunConfig, data_dir: str | None, *, download: bool, wher
             record.dataset, folder, download=download, labels=record.labels, image_size=record.image_size
         )
     )
-    spec = ModelSpec.from_dict(config.model.spec)
-    if data.num_classes != len(record.classes) or data.channels != spec.in_channels:
+    channels = len(record.mean)  # the model's input channels, whatever the model is
+    if data.num_classes != len(record.classes) or data.channels != channels:
         raise CompresskitError(
-            f"{where} was made on {len(record.classes)} classes and {spec.in_channels} channels, but "
+            f"{where} was made on {len(record.classes)} classes and {channels} channels, but "
             f"{record.dataset} found now has {data.num_classes} and {data.channels}."
         )
+    if config.model.architecture is not None:
+        return data
+    spec = ModelSpec.from_dict(config.model.spec)
     if data.image_size != spec.input_size:
         raise CompresskitError(
             f"{where} has a model for {spec.input_size}×{spec.input_size} images, but its config.json "
@@ -155,9 +160,13 @@ def open_checkpoint(
     config = read_config(ckpt.path.parent)
     where = f"--checkpoint {ckpt.path}"
     data = run_dataset(config, data_dir, download=download, where=where)
-    if data.num_classes != ckpt.spec.num_classes:
+    if ckpt.spec is not None and not ckpt.edits:
+        outputs = ckpt.spec.num_classes
+    else:  # any other model says how many outputs it has by running
+        outputs = output_count(ckpt.build(), input_shape(config), torch.device("cpu"), where)
+    if data.num_classes != outputs:
         raise CompresskitError(
-            f"{where} has {ckpt.spec.num_classes} outputs, but {data.name} has {data.num_classes} classes."
+            f"{where} has {outputs} outputs, but {data.name} has {data.num_classes} classes."
         )
     return ckpt, config, data
 
@@ -172,12 +181,13 @@ def write_history(path: Path, rows: list[dict]) -> None:
 class EpochRecorder:
     """`fit`'s ``on_epoch``: after every epoch, ``last.pt`` (model + `TrainingState`, atomic), then
     ``history.csv`` (rows before this fit, `before`, plus the fit's own, with `extra` columns), then
-    ``curves.png``. `meta` goes into ``last.pt``; `model` is the model being trained."""
+    ``curves.png``. `meta` goes into ``last.pt``; `model` is the model being trained; `spec` is a
+    ConvNet's spec (format 1) or any model's architecture (format 2 with its edits)."""
 
     def __init__(
         self,
         folder: Path,
-        spec: ModelSpec,
+        spec: ModelSpec | Architecture,
         model: torch.nn.Module,
         meta: dict,
         title: str,
@@ -194,7 +204,7 @@ class EpochRecorder:
         return [*self.before, *({**row, "epoch": row["epoch"] + offset, **self.extra} for row in history)]
 
     def __call__(self, state: TrainingState) -> None:
-        save_checkpoint(
+        save_run_checkpoint(
             self.folder / LAST_NAME,
             self.spec,
             self.model,

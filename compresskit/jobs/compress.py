@@ -22,9 +22,11 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from torch import nn
 
 from compresskit import distributed
 from compresskit.analysis.layers import block_csi
+from compresskit.architecture import Architecture
 from compresskit.checkpoint import (
     CHECKPOINT_NAME,
     Checkpoint,
@@ -38,6 +40,7 @@ from compresskit.compress.lowrank import LowRankConfig, factorize
 from compresskit.compress.prune import ChannelPruner, PruneConfig, as_batches, csi_allocation, rebuild
 from compresskit.data import ImageDataset, ImageSplit, Loader, balanced_subset
 from compresskit.errors import CompresskitError
+from compresskit.jobs.anymodel import checkpoint_input_shape, is_convnet, model_name
 from compresskit.jobs.common import (
     LAST_NAME,
     EpochRecorder,
@@ -46,6 +49,7 @@ from compresskit.jobs.common import (
     run_dataset,
     write_history,
 )
+from compresskit.jobs.compress_any import lowrank_any, prune_any, resume_any
 from compresskit.jobs.report import measure_rows
 from compresskit.jobs.teacher import Teacher, open_teacher, recorded_options
 from compresskit.latency import describe as describe_latency
@@ -300,6 +304,8 @@ def _prune_run(
 ) -> dict:
     check_output(out, "prune", overwrite=options.overwrite, inputs=_inputs(options, checkpoint))
     job = open_job(checkpoint, finetune, options)
+    if not is_convnet(job.source):
+        return prune_any(job, out, cfg, calibration_samples, checkpoint, progress)
     pruner, layer_ratios = _pruner(job, cfg, calibration_samples, progress)
     widths = pruner.step()
     progress.log(f"pruning step 1/{cfg.steps}: conv widths {widths}")
@@ -481,6 +487,8 @@ def _lowrank_run(
 ) -> dict:
     check_output(out, "lowrank", overwrite=options.overwrite, inputs=_inputs(options, checkpoint))
     job = open_job(checkpoint, finetune, options)
+    if not is_convnet(job.source):
+        return lowrank_any(job, out, cfg, checkpoint, progress)
     model, spec, plans = factorize(job.model, job.spec, cfg)
     plan_table = pd.DataFrame([asdict(plan) for plan in plans])
     done = plan_table[plan_table["action"] == "factorized"]["layer"].tolist()
@@ -544,6 +552,12 @@ def _depth_run(
     progress: Progress,
 ) -> dict:
     check_output(out, "depth", overwrite=options.overwrite, inputs=_inputs(options, checkpoint))
+    source = load_checkpoint(checkpoint)
+    if not is_convnet(source):
+        raise CompresskitError(
+            f"depth cuts the conv blocks of a compresskit ConvNet, and {source.path} holds "
+            f"{model_name(source)}; use prune or lowrank on it instead."
+        )
     job = open_job(checkpoint, finetune, options)
     csi, input_csi = block_csi(job.model, job.test_batches(samples))
     keep, gains = choose_depth(
@@ -631,6 +645,7 @@ def _meta(job: CompressionJob, config: RunConfig, **extra) -> dict:
         "compressed_from": str(job.source.path),
         "lineage": config.lineage,
         **({"test_precision": job.test_precision.describe()} if "test_acc" in extra else {}),
+        **({} if is_convnet(job.source) else {"input_shape": list(checkpoint_input_shape(job.source))}),
         **extra,
     }
 
@@ -639,8 +654,8 @@ def _fine_tune(
     out: Path,
     config: RunConfig,
     job: CompressionJob,
-    model: ConvNet,
-    spec: ModelSpec,
+    model: nn.Module,
+    spec: ModelSpec | Architecture,
     epochs: int,
     progress: Progress,
     *,
@@ -660,7 +675,7 @@ def _fine_tune(
         spec,
         model,
         _meta(job, config, **extra),
-        f"fine-tuning {LABELS[config.command]} {job.spec.name}",
+        f"fine-tuning {LABELS[config.command]} {model_name(job.source)}",
         before=before,
         extra=extra,
     )
@@ -811,6 +826,8 @@ def _resume_compress_run(
         set_state(run, "running")
     progress.log(f"resuming {run}" + (f" after fine-tuning epoch {last.meta.get('epoch')}" if last else ""))
     with recording_state(run):
+        if not is_convnet(job.source):
+            return resume_any(run, config, job, last, progress)
         if command == "prune":
             compression = config.compression or {}
             cfg = PruneConfig(**compression["prune"])

@@ -19,6 +19,7 @@ import torch
 from compresskit.data import Loader
 from compresskit.errors import CompresskitError
 from compresskit.evaluation import classification_report
+from compresskit.jobs.anymodel import model_name
 from compresskit.jobs.common import open_checkpoint
 from compresskit.plots import plot_confusion_matrix, plot_most_confused, plot_per_class_recall
 from compresskit.rundir import check_derived_folder, staged_output, write_json
@@ -95,10 +96,8 @@ def evaluate_run(
         pd.DataFrame(report.confusion, index=data.classes, columns=data.classes).to_csv(
             stage / "confusion.csv"
         )
-        plot_confusion_matrix(
-            report.confusion, data.classes, stage / "confusion.png", title=f"{ckpt.spec.name} on {data.name}"
-        )
-        title = f"{ckpt.spec.name} on {data.name}"
+        title = f"{model_name(ckpt)} on {data.name}"
+        plot_confusion_matrix(report.confusion, data.classes, stage / "confusion.png", title=title)
         plot_most_confused(confused, stage / "most_confused.png", title=f"{title}: most confused pairs")
         plot_per_class_recall(report.per_class, stage / "recall.png", title=f"{title}: recall per class")
         write_json(stage / "evaluation.json", summary)

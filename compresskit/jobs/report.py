@@ -12,6 +12,7 @@ from torch import nn
 
 from compresskit.checkpoint import CHECKPOINT_NAME, load_checkpoint, resolve_checkpoint
 from compresskit.errors import CompresskitError
+from compresskit.jobs.anymodel import checkpoint_input_shape, model_name
 from compresskit.latency import ROUNDS, describe, measure_models
 from compresskit.models import ModelSpec
 from compresskit.plots import plot_pareto
@@ -22,8 +23,9 @@ from compresskit.train import resolve_device
 
 BATCH_SIZES = (1, 128)
 
-# name, model, spec, test accuracy, checkpoint path (None: no size), lineage steps
-Entry = tuple[str, nn.Module, ModelSpec, float, Path | None, Sequence[str]]
+# name, model, spec (or the (C, H, W) of one input), test accuracy, checkpoint path (None: no size),
+# lineage steps
+Entry = tuple[str, nn.Module, ModelSpec | tuple[int, int, int], float, Path | None, Sequence[str]]
 
 # Seconds of timing per model and batch size, split over ROUNDS rounds: with 4 s and 20 rounds, five
 # reports of the same two models agreed within 10% on a 2-core VM (experiments/bench_report_stability.py);
@@ -53,7 +55,7 @@ def measure_rows(
     )
     measured = measure_models(
         models,
-        [(s.in_channels, s.input_size, s.input_size) for _, _, s, _, _, _ in entries],
+        [_input_shape(s) for _, _, s, _, _, _ in entries],
         batch_sizes=BATCH_SIZES,
         device=next(models[0].parameters()).device,
         threads=threads,
@@ -66,6 +68,12 @@ def measure_rows(
         {"model": name, **m.to_row(), "test_acc": acc, "lineage": " → ".join(lineage)}
         for (name, _, _, acc, _, lineage), m in zip(entries, measured, strict=True)
     ]
+
+
+def _input_shape(spec: ModelSpec | tuple[int, int, int]) -> tuple[int, int, int]:
+    if isinstance(spec, ModelSpec):
+        return spec.in_channels, spec.input_size, spec.input_size
+    return spec
 
 
 def report_run(
@@ -104,8 +112,9 @@ def report_run(
     entries: list[Entry] = []
     for ckpt in loaded:
         name = ckpt.path.parent.name if ckpt.path.name == CHECKPOINT_NAME else ckpt.path.stem
-        lineage = ckpt.meta.get("lineage") or [f"train {ckpt.spec.name} ({ckpt.path.parent.name})"]
-        entries.append((name, ckpt.build(torch_device), ckpt.spec, ckpt.meta["test_acc"], ckpt.path, lineage))
+        lineage = ckpt.meta.get("lineage") or [f"train {model_name(ckpt)} ({ckpt.path.parent.name})"]
+        shape = checkpoint_input_shape(ckpt)
+        entries.append((name, ckpt.build(torch_device), shape, ckpt.meta["test_acc"], ckpt.path, lineage))
     rows = measure_rows(entries, bench_seconds, threads, rounds=rounds, progress=progress)
     for row, ckpt in zip(rows, loaded, strict=True):
         # checkpoints written before test accuracy was always fp32 do not say

@@ -12,6 +12,7 @@ import pandas as pd
 from compresskit.compress.prune import PruneConfig, prune_copy
 from compresskit.data import Loader, balanced_subset
 from compresskit.errors import CompresskitError
+from compresskit.jobs.anymodel import is_convnet, model_name
 from compresskit.jobs.common import open_checkpoint
 from compresskit.plots import plot_sensitivity
 from compresskit.progress import Progress
@@ -50,6 +51,11 @@ def sensitivity_run(
     if batch_size <= 0:
         raise CompresskitError(f"--batch-size {batch_size} must be a positive integer.")
     ckpt, config, data = open_checkpoint(checkpoint, data_dir, download=download)
+    if not is_convnet(ckpt):
+        raise CompresskitError(
+            f"sensitivity prunes each conv block of a compresskit ConvNet alone, and {ckpt.path} holds "
+            f"{model_name(ckpt)}; use compresskit prune on it instead."
+        )
     folder = ckpt.path.parent / FOLDER
     check_derived_folder(folder, "sensitivity")
     torch_device = resolve_device(device)

@@ -13,6 +13,7 @@ import torch
 from compresskit.checkpoint import Checkpoint, load_checkpoint
 from compresskit.compress.distill import Distillation
 from compresskit.errors import CompresskitError
+from compresskit.jobs.anymodel import checkpoint_input_shape, is_convnet, output_count
 from compresskit.rundir import RunConfig
 
 
@@ -53,13 +54,17 @@ def open_teacher(
         except CompresskitError as exc:  # its message names --checkpoint, the loader's usual flag
             raise CompresskitError(str(exc).replace("--checkpoint", "--teacher", 1)) from None
     where = f"--teacher {ckpt.path}"
-    spec, want = ckpt.spec, source.spec
-    shape, wanted_shape = (spec.in_channels, spec.input_size), (want.in_channels, want.input_size)
-    if spec.num_classes != want.num_classes or shape != wanted_shape:
-        raise CompresskitError(
-            f"{where} has {spec.num_classes} outputs for {spec.in_channels}×{spec.input_size}² inputs, but "
-            f"the model being compressed has {want.num_classes} for {want.in_channels}×{want.input_size}²."
-        )
+    model = ckpt.build(device)
+    if is_convnet(ckpt) and is_convnet(source):
+        _same_spec_shape(ckpt, source, where)
+    else:  # any other model shows its outputs by running on the source's inputs
+        want = checkpoint_input_shape(source)
+        outputs = output_count(model, want, device, where)
+        if outputs != len(source_config.data.classes):
+            raise CompresskitError(
+                f"{where} has {outputs} outputs for {want[0]}×{want[1]}×{want[2]} inputs, but the model "
+                f"being compressed has {len(source_config.data.classes)}."
+            )
     record = source_config.data
     for key, expected in (("classes", record.classes), ("mean", record.mean), ("std", record.std)):
         found = ckpt.meta.get(key)
@@ -68,8 +73,18 @@ def open_teacher(
                 f"{where} was trained with other {key} ({found}) than the source run ({expected}); "
                 "give a teacher trained on the same data."
             )
-    model = ckpt.build(device)
     return Teacher(ckpt.path, Distillation(model, temperature=temperature, weight=weight))
+
+
+def _same_spec_shape(ckpt: Checkpoint, source: Checkpoint, where: str) -> None:
+    spec, want = ckpt.spec, source.spec
+    assert spec is not None and want is not None
+    shape, wanted_shape = (spec.in_channels, spec.input_size), (want.in_channels, want.input_size)
+    if spec.num_classes != want.num_classes or shape != wanted_shape:
+        raise CompresskitError(
+            f"{where} has {spec.num_classes} outputs for {spec.in_channels}×{spec.input_size}² inputs, but "
+            f"the model being compressed has {want.num_classes} for {want.in_channels}×{want.input_size}²."
+        )
 
 
 def recorded_options(config: RunConfig) -> dict:

@@ -21,6 +21,7 @@ import torch
 
 from compresskit import distributed
 from compresskit.analysis.layers import block_csi
+from compresskit.architecture import Architecture
 from compresskit.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, save_checkpoint
 from compresskit.data import (
     Augmentation,
@@ -35,6 +36,7 @@ from compresskit.data import (
     load_dataset,
 )
 from compresskit.errors import CompresskitError
+from compresskit.jobs.anymodel import config_architecture, input_shape, save_run_checkpoint
 from compresskit.jobs.common import (
     LAST_NAME,
     EpochRecorder,
@@ -46,6 +48,7 @@ from compresskit.jobs.common import (
     versions,
     write_history,
 )
+from compresskit.jobs.train_any import build_torchvision, check_model_options, is_torchvision
 from compresskit.layerwise import (
     LayerwiseConfig,
     LayerwiseResume,
@@ -87,7 +90,8 @@ from compresskit.train import (
 
 @dataclass
 class ModelOptions:
-    """How to build the model: a name from `MODEL_NAMES` and its variations."""
+    """How to build the model: a name from `MODEL_NAMES` and its variations, or
+    ``torchvision:NAME`` with its keyword arguments and small-image stem (`jobs.train_any`)."""
 
     name: str = "vgg11_bn"
     width: float = 1.0
@@ -95,6 +99,8 @@ class ModelOptions:
     dropout: float = 0.0
     global_pool: bool = False
     init: str = "kaiming"  # or "torch": PyTorch's default initialisation
+    kwargs: dict | None = None  # torchvision:NAME only: --model-kwargs
+    cifar_stem: bool = False  # torchvision:NAME only: --cifar-stem
 
 
 @dataclass
@@ -150,8 +156,9 @@ def train_run(
     if data_options.dataset.startswith("folder:") and data_options.data_dir is not None:
         raise CompresskitError("--data-dir is for named datasets; --dataset folder:PATH names its folder.")
     cfg.validate(has_validation=data_options.val_fraction > 0)
-    # checks the model flags (and that the model's pools fit --image-size)
-    plan = _model_spec(model_options, num_classes=2, in_channels=1, input_size=data_options.image_size)
+    check_model_options(model_options, layerwise=layerwise is not None)
+    if not is_torchvision(model_options):  # checks the flags (and that the pools fit --image-size)
+        plan = _model_spec(model_options, num_classes=2, in_channels=1, input_size=data_options.image_size)
     augment = (
         Augmentation.parse(data_options.augment)
         if data_options.augment is not None
@@ -219,16 +226,27 @@ def _start_training(
 ) -> dict:
     """`train_run` after the checks, on every rank: build the model and config, rank 0 makes the
     run directory, every rank trains."""
-    spec = _model_spec(
-        model_options, num_classes=data.num_classes, in_channels=data.channels, input_size=data.image_size
-    )
-    if layerwise is not None:
-        spec = stage_spec(spec, len(spec.conv_widths))
-    model = build_model(spec, seed=cfg.seed, init=model_options.init)
+    model: torch.nn.Module
+    if is_torchvision(model_options):
+        _, model, model_record = build_torchvision(
+            model_options, num_classes=data.num_classes, in_channels=data.channels,
+            image_size=data.image_size, seed=cfg.seed,
+        )  # fmt: skip
+        name = model_options.name
+    else:
+        spec = _model_spec(
+            model_options, num_classes=data.num_classes, in_channels=data.channels, input_size=data.image_size
+        )
+        if layerwise is not None:
+            spec = stage_spec(spec, len(spec.conv_widths))
+        model = build_model(spec, seed=cfg.seed, init=model_options.init)
+        options = {k: v for k, v in asdict(model_options).items() if k not in ("kwargs", "cifar_stem")}
+        model_record = ModelRecord(**options, spec=spec.to_dict(), parameters=count_parameters(model))
+        name = spec.name
     split, val_folder = split_record(data, data_options.val_fraction, cfg.seed)
     config = RunConfig(
         command="train",
-        model=ModelRecord(**asdict(model_options), spec=spec.to_dict(), parameters=count_parameters(model)),
+        model=model_record,
         data=DataRecord(
             dataset=data.name,
             data_dir=data_options.data_dir,
@@ -244,7 +262,7 @@ def _start_training(
         ),
         train=cfg.to_dict(),
         layerwise=None if layerwise is None else asdict(layerwise),
-        lineage=[f"train {spec.name} ({out.name})"],
+        lineage=[f"train {name} ({out.name})"],
         device=str(device),
         precision=precision.describe(),
         threads=torch.get_num_threads(),
@@ -284,7 +302,7 @@ def resume_train_run(
         if last.training is None:
             raise CompresskitError(f"--resume {run}/{LAST_NAME} holds no training state to continue from.")
         data = run_dataset(config, data_dir, download=download, where=f"--resume {run}")
-        model = ConvNet(ModelSpec.from_dict(config.model.spec))
+        model = config_architecture(config).build()  # ConvNet(spec), or the recorded factory
         distributed.barrier()  # every rank has checked run.json before rank 0 marks it running
         if distributed.is_main():
             set_state(run, "running")
@@ -297,13 +315,16 @@ def _train(
     out: Path,
     config: RunConfig,
     data: ImageDataset,
-    model: ConvNet,
+    model: torch.nn.Module,
     device: torch.device,
     progress: Progress,
     resume: Checkpoint | None,
 ) -> dict:
     cfg = TrainConfig(**config.train)
-    spec = ModelSpec.from_dict(config.model.spec)
+    arch = config_architecture(config)
+    # what the checkpoints are written from: a ConvNet's spec (format 1), else the factory (format 2)
+    saved: ModelSpec | Architecture = arch.spec if arch.spec is not None else arch
+    name = arch.spec.name if arch.spec is not None else config.model.name
     train_loader, val_loader, test_loader = data_loaders(
         data, config.data, batch_size=cfg.batch_size, seed=cfg.seed, device=device, where=str(out)
     )
@@ -317,21 +338,22 @@ def _train(
         "mean": config.data.mean,
         "std": config.data.std,
         "lineage": config.lineage,
+        **({} if arch.spec is not None else {"input_shape": list(input_shape(config))}),
     }
     val_count = val_loader.num_samples if val_loader is not None else 0
     progress.log(
-        f"{spec.name} (width {config.model.width:g}, {count_parameters(model):,} parameters) on "
+        f"{name} (width {config.model.width:g}, {count_parameters(model):,} parameters) on "
         f"{data.name}: {train_loader.num_samples} train / {val_count} val / "
         f"{test_loader.num_samples} test images, device {device}, {config.precision}"
     )
-    title = f"{spec.name} on {data.name}"
+    title = f"{name} on {data.name}"
     if config.layerwise is None:
         state = None
         if resume is not None:
             model.load_state_dict(resume.state_dict)
             state = TrainingState.from_dict(resume.training)
         main = distributed.is_main()
-        recorder = EpochRecorder(out, spec, model, meta, title) if main else None
+        recorder = EpochRecorder(out, saved, model, meta, title) if main else None
         board = TensorBoardLog(out / TENSORBOARD_DIR) if config.tensorboard and main else None
 
         def on_epoch(state: TrainingState) -> None:
@@ -346,9 +368,10 @@ def _train(
         history = result.history
     else:
         layerwise = LayerwiseConfig(**{**config.layerwise, "aug_switch": _switch(config.layerwise)})
+        assert arch.spec is not None  # layer-wise runs are ConvNets
         model, result = _fit_layerwise(
             out,
-            spec,
+            arch.spec,
             layerwise,
             cfg,
             config,
@@ -376,9 +399,9 @@ def _train(
     test_loss, test_acc = evaluate(model, test_loader, device, precision=test_precision)
     if distributed.is_main():
         write_history(out / "history.csv", history)
-        save_checkpoint(
+        save_run_checkpoint(
             out / CHECKPOINT_NAME,
-            spec,
+            saved,
             model,
             {
                 **meta,
@@ -389,18 +412,19 @@ def _train(
             },
         )
         last = load_checkpoint(out / LAST_NAME) if (out / LAST_NAME).is_file() else None
-        save_checkpoint(
+        save_run_checkpoint(
             out / LAST_NAME,
-            spec,
+            saved,
             last_state,
             {**meta, "epoch": last_epoch, "test_acc": last_test_acc, **tested},
             training=None if last is None else last.training,
+            edits_of=model,
         )
         if history:
             plot_training_curves(pd.DataFrame(history), out / "curves.png", title=title)
     summary = {
         "run": str(out),
-        "model": spec.name,
+        "model": name,
         "width": config.model.width,
         "parameters": count_parameters(model),
         "dataset": data.name,
