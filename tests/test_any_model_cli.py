@@ -54,6 +54,17 @@ def refused(*args: object) -> str:
     return lines[0]
 
 
+_record = common.EpochRecorder.__call__
+
+
+def _stop_after_first(self, state):
+    """`EpochRecorder.__call__` that interrupts the run (as Ctrl-C would) after recording epoch 1;
+    patched over the class, since the job modules import the class itself."""
+    _record(self, state)
+    if state.epoch == 1:
+        raise KeyboardInterrupt
+
+
 @pytest.fixture(scope="module", autouse=True)
 def fast_latency():
     with batch_one_latency():
@@ -251,15 +262,8 @@ def test_prune_of_a_factory_model_resumes_exactly(imported, tmp_path, monkeypatc
     run, _ = imported
     flags = ("--ratio", 0.25, "--finetune-epochs", 2, "--batch-size", 32, *FP32, *FAST)
     ok("prune", "--checkpoint", run, "--out", tmp_path / "whole", *flags)
-    record = common.EpochRecorder.__call__
-
-    def stop_after_first(self, state):
-        record(self, state)
-        if state.epoch == 1:
-            raise KeyboardInterrupt
-
     with monkeypatch.context() as patch:
-        patch.setattr(common.EpochRecorder, "__call__", stop_after_first)
+        patch.setattr(common.EpochRecorder, "__call__", _stop_after_first)
         assert invoke("prune", "--checkpoint", run, "--out", tmp_path / "stopped", *flags).exit_code == 130
     assert json.loads((tmp_path / "stopped" / "run.json").read_text())["state"] == "interrupted"
     ok("prune", "--resume", tmp_path / "stopped", "--quiet")
@@ -269,6 +273,26 @@ def test_prune_of_a_factory_model_resumes_exactly(imported, tmp_path, monkeypatc
         assert torch.equal(resumed.state_dict[key], value), key
     history = pd.read_csv(tmp_path / "stopped" / "history.csv")
     assert history["epoch"].tolist() == [1, 2]
+
+
+def test_training_a_torchvision_model_resumes_exactly(tmp_path, monkeypatch):
+    """`train --model torchvision:…` stopped after its first epoch and resumed from last.pt (format 2
+    with the training state) ends with the weights and history of a run that never stopped."""
+    flags = ("train", "--dataset", "synthetic", "--model", "torchvision:mobilenet_v2", "--image-size", SIZE,
+             "--epochs", 2, "--batch-size", 64, *FP32, "--quiet")  # fmt: skip
+    ok(*flags, "--out", tmp_path / "whole")
+    with monkeypatch.context() as patch:
+        patch.setattr(common.EpochRecorder, "__call__", _stop_after_first)
+        assert invoke(*flags, "--out", tmp_path / "stopped").exit_code == 130
+    ok("train", "--resume", tmp_path / "stopped", "--quiet")
+    whole, resumed = load_checkpoint(tmp_path / "whole"), load_checkpoint(tmp_path / "stopped")
+    assert resumed.version == 2 and resumed.factory == whole.factory
+    for key, value in whole.state_dict.items():
+        assert torch.equal(resumed.state_dict[key], value), key
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "stopped" / "history.csv").drop(columns="seconds"),
+        pd.read_csv(tmp_path / "whole" / "history.csv").drop(columns="seconds"),
+    )
 
 
 def test_refusals_of_flags_that_do_not_fit_the_model(chains, tmp_path):
