@@ -215,17 +215,26 @@ def _run_config(
     job: CompressionJob, command: str, spec: ModelSpec, model: ConvNet, compression: dict, step: str
 ) -> RunConfig:
     source_model = job.source_config.model
+    record = ModelRecord(
+        spec.name,
+        source_model.width,
+        spec.head,
+        spec.dropout,
+        spec.global_pool,
+        spec.to_dict(),
+        count_parameters(model),
+    )
+    return compressed_run_config(job, command, record, compression, step)
+
+
+def compressed_run_config(
+    job: CompressionJob, command: str, record: ModelRecord, compression: dict, step: str
+) -> RunConfig:
+    """A compressed run's ``config.json``: its model `record`, the source's data record and
+    lineage, the fine-tuning settings and the `compression` ones (with the distillation choice)."""
     return RunConfig(
         command=command,
-        model=ModelRecord(
-            spec.name,
-            source_model.width,
-            spec.head,
-            spec.dropout,
-            spec.global_pool,
-            spec.to_dict(),
-            count_parameters(model),
-        ),
+        model=record,
         data=job.source_config.data,
         train=job.finetune.to_dict(),
         compression={
@@ -746,6 +755,32 @@ def _finish(
         (label, compressed_model, spec, compressed_acc, out / f"{label}.pt", lineage),
         (f"{label}+fine-tuned", final, final_spec, final_acc, out / CHECKPOINT_NAME, lineage),
     ]
+    config.model = ModelRecord(
+        **{**asdict(config.model), "spec": final_spec.to_dict(), "parameters": count_parameters(final)}
+    )
+    return write_compressed_outputs(
+        out, job, config, compared, notes, f"{lineage[-1]} of {job.spec.name}",
+        {f"{label}_test_acc": compressed_acc, "test_acc": final_acc},
+        {"parameters": count_parameters(final), "conv_widths": final_spec.conv_widths},
+    )  # fmt: skip
+
+
+def write_compressed_outputs(
+    out: Path,
+    job: CompressionJob,
+    config: RunConfig,
+    compared: list,
+    notes: list[str],
+    title: str,
+    accuracies: dict,
+    sizes: dict,
+) -> dict:
+    """The end of every compression run: latency of the `compared` models measured together,
+    ``report.csv``/``report.md`` (`notes` between the lineage line and the measurement lines), the
+    final ``config.json``, and ``summary.json`` (the compressed and final test `accuracies`, the
+    final model's `sizes`, the reductions and speed-ups of the last row). Returns the summary and
+    the ``table``."""
+    lineage = config.lineage
     rows = measure_rows(compared, job.options.bench_seconds, job.options.threads)
     table = comparison_table(rows)
     notes = [
@@ -754,20 +789,15 @@ def _finish(
         f"MACs: torch-pruning's counter, one image; {describe_latency(rows)}",
         f"test_acc: full test split, {job.test_precision.describe()}",
     ]
-    write_report(table, out, f"{lineage[-1]} of {job.spec.name}", notes)
-    config.model = ModelRecord(
-        **{**asdict(config.model), "spec": final_spec.to_dict(), "parameters": count_parameters(final)}
-    )
+    write_report(table, out, title, notes)
     write_config(out, config)
     summary = {
         "run": str(out),
         "lineage": lineage,
         "original_test_acc": job.original_acc,
-        f"{label}_test_acc": compressed_acc,
-        "test_acc": final_acc,
+        **accuracies,
         "original_parameters": count_parameters(job.model),
-        "parameters": count_parameters(final),
-        "conv_widths": final_spec.conv_widths,
+        **sizes,
         "macs_reduction": float(table["macs_reduction"].iloc[-1]),
         "latency_reduction_b1": float(table["latency_reduction_b1"].iloc[-1]),
         "latency_reduction_b128": float(table["latency_reduction_b128"].iloc[-1]),

@@ -35,13 +35,10 @@ from compresskit.compress.prune import NEEDS_DATA, PruneConfig
 from compresskit.errors import CompresskitError
 from compresskit.jobs.anymodel import checkpoint_input_shape, model_name, save_run_checkpoint
 from compresskit.jobs.common import LAST_NAME, recording_state, write_history
-from compresskit.jobs.report import measure_rows
-from compresskit.latency import describe as describe_latency
 from compresskit.models import count_parameters
 from compresskit.plots import plot_training_curves
 from compresskit.progress import Progress
-from compresskit.report import comparison_table, write_report
-from compresskit.rundir import ModelRecord, RunConfig, write_config, write_json
+from compresskit.rundir import ModelRecord, RunConfig
 from compresskit.train import TrainingState
 
 if TYPE_CHECKING:  # jobs.compress imports this module
@@ -170,25 +167,9 @@ def run_config(
         parameters=count_parameters(model), init=job.source_config.model.init,
         architecture=job.source.architecture.to_dict(),
     )  # fmt: skip
-    return RunConfig(
-        command=command,
-        model=record,
-        data=job.source_config.data,
-        train=job.finetune.to_dict(),
-        compression={
-            "method": command,
-            "step": step,
-            **compression,
-            "distill": None if job.teacher is None else job.teacher.record(),
-        },
-        source=str(job.source.path),
-        lineage=[*job.source_config.lineage, step],
-        device=str(job.device),
-        precision=job.precision.describe(),
-        threads=torch.get_num_threads(),
-        versions=job.source_config.versions,
-        world_size=distributed.world_size(),
-    )
+    from compresskit.jobs.compress import compressed_run_config  # jobs.compress imports this module
+
+    return compressed_run_config(job, command, record, compression, step)
 
 
 def fine_tune_any(
@@ -268,36 +249,18 @@ def finish_any(
         (label, compressed, shape, compressed_acc, out / f"{label}.pt", lineage),
         (f"{label}+fine-tuned", final, shape, final_acc, out / CHECKPOINT_NAME, lineage),
     ]
-    rows = measure_rows(compared, job.options.bench_seconds, job.options.threads)
-    table = comparison_table(rows)
-    notes = [
-        f"{' → '.join(lineage)}; fine-tuned {job.finetune.epochs} epochs",
-        *[f"{key.replace('_', ' ')}: {config.compression[key]}"
-          for key in ("channels", "factorized", "left_alone") if key in (config.compression or {})],
-        f"MACs: torch-pruning's counter, one image; {describe_latency(rows)}",
-        f"test_acc: full test split, {job.test_precision.describe()}",
-    ]  # fmt: skip
-    write_report(table, out, f"{lineage[-1]} of {name}", notes)
+    from compresskit.jobs.compress import write_compressed_outputs  # jobs.compress imports this module
+
+    compression = config.compression or {}
+    notes = [f"{key.replace('_', ' ')}: {compression[key]}"
+             for key in ("channels", "factorized", "left_alone") if key in compression]  # fmt: skip
     config.model = ModelRecord(**{**asdict(config.model), "parameters": count_parameters(final)})
-    write_config(out, config)
-    summary = {
-        "run": str(out),
-        "lineage": lineage,
-        "original_test_acc": job.original_acc,
-        f"{label}_test_acc": compressed_acc,
-        "test_acc": final_acc,
-        "original_parameters": count_parameters(job.model),
-        "parameters": count_parameters(final),
-        **({"channels": config.compression["channels"]} if "channels" in (config.compression or {}) else {}),
-        "macs_reduction": float(table["macs_reduction"].iloc[-1]),
-        "latency_reduction_b1": float(table["latency_reduction_b1"].iloc[-1]),
-        "latency_reduction_b128": float(table["latency_reduction_b128"].iloc[-1]),
-        "speedup_b1": float(table["speedup_b1"].iloc[-1]),
-        "speedup_b128": float(table["speedup_b128"].iloc[-1]),
-        "test_precision": job.test_precision.describe(),
-    }
-    write_json(out / "summary.json", summary)
-    return {**summary, "table": table}
+    channels = {"channels": compression["channels"]} if "channels" in compression else {}
+    return write_compressed_outputs(
+        out, job, config, compared, notes, f"{lineage[-1]} of {name}",
+        {f"{label}_test_acc": compressed_acc, "test_acc": final_acc},
+        {"parameters": count_parameters(final), **channels},
+    )  # fmt: skip
 
 
 def resume_any(
