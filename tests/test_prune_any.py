@@ -287,3 +287,34 @@ def test_random_importance_follows_the_seed_and_leaves_the_global_generator():
     key = "features.2.conv.0.1.weight"
     assert torch.equal(a.state_dict()[key], b.state_dict()[key])
     assert not torch.equal(a.state_dict()[key], c.state_dict()[key])
+
+
+@pytest.mark.parametrize(
+    ("name", "logits"),
+    [("squeezenet1_1", "classifier.1"), ("mobilenet_v3_small", "classifier.3")],
+    ids=["concatenation", "squeeze-excitation"],
+)
+def test_concatenations_and_squeeze_excitation_gates_stay_consistent(name, logits, tmp_path):
+    """SqueezeNet's Fire modules concatenate two convs into the next one's input, and MobileNetV3's
+    squeeze-excitation gates scale the channels of their block: pruned at 0.5, both still run, keep
+    their 10 logits, lose MACs, and reload from checkpoint format 2 to the same outputs."""
+    from compresskit.model_io import load, save
+
+    torch.manual_seed(0)
+    model = _randomise_norms(torchvision.models.get_model(name, weights=None, num_classes=10))
+    pruned = prune_model(model, X, ratio=0.5)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out = pruned.eval()(x)
+    assert out.shape == (2, 10)
+    layer = pruned.get_submodule(logits)
+    assert (layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features) == 10
+    assert count_macs(pruned, (3, 32, 32)) < 0.5 * count_macs(model, (3, 32, 32))
+    if name == "mobilenet_v3_small":  # every gate's expand conv gives its block's (pruned) channels back
+        for module in pruned.modules():
+            if isinstance(module, torchvision.ops.SqueezeExcitation):
+                assert module.fc2.out_channels == module.fc1.in_channels
+    path = save(pruned, tmp_path / "pruned.pt", factory=f"torchvision.models:{name}",
+                factory_kwargs={"num_classes": 10})  # fmt: skip
+    with torch.no_grad():
+        assert torch.equal(load(path).eval()(x), out)
