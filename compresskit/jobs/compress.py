@@ -211,6 +211,20 @@ def _inputs(options: JobOptions, checkpoint: str | Path) -> list[Path]:
     return inputs
 
 
+def factorization_outcome(plans: list) -> tuple[pd.DataFrame, list[str], str]:
+    """The low-rank `plans` as a table (``ranks.csv``), the layers factorized, and the others with
+    why ("none" if every one was); refused when nothing gets factorized."""
+    plan_table = pd.DataFrame([asdict(plan) for plan in plans])
+    done = plan_table[plan_table["action"] == "factorized"]["layer"].tolist()
+    if not done:
+        raise CompresskitError(
+            "no layer would get cheaper at this rank, so nothing was factorized; "
+            "lower --energy or --rank-ratio."
+        )
+    left = plan_table[plan_table["action"] != "factorized"]
+    return plan_table, done, ", ".join(f"{r.layer} ({r.action})" for r in left.itertuples()) or "none"
+
+
 def _run_config(
     job: CompressionJob, command: str, spec: ModelSpec, model: ConvNet, compression: dict, step: str
 ) -> RunConfig:
@@ -499,15 +513,7 @@ def _lowrank_run(
     if not is_convnet(job.source):
         return lowrank_any(job, out, cfg, checkpoint, progress)
     model, spec, plans = factorize(job.model, job.spec, cfg)
-    plan_table = pd.DataFrame([asdict(plan) for plan in plans])
-    done = plan_table[plan_table["action"] == "factorized"]["layer"].tolist()
-    if not done:
-        raise CompresskitError(
-            "no layer would get cheaper at this rank, so nothing was factorized; "
-            "lower --energy or --rank-ratio."
-        )
-    left = plan_table[plan_table["action"] != "factorized"]
-    left_alone = ", ".join(f"{r.layer} ({r.action})" for r in left.itertuples()) or "none"
+    plan_table, done, left_alone = factorization_outcome(plans)
     progress.log(f"factorized {', '.join(done)}; left alone: {left_alone}")
     how = f"energy {cfg.energy:g}" if cfg.energy is not None else f"rank ratio {cfg.rank_ratio:g}"
     config = _run_config(

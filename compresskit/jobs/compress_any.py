@@ -137,15 +137,9 @@ def lowrank_any(
     except CompresskitError as exc:  # the library names its parameter; this is the flag
         raise CompresskitError(str(exc).replace("layers", "--layers", 1)) from None
     model.eval()
-    plan_table = pd.DataFrame([asdict(plan) for plan in plans])
-    done = plan_table[plan_table["action"] == "factorized"]["layer"].tolist()
-    if not done:
-        raise CompresskitError(
-            "no layer would get cheaper at this rank, so nothing was factorized; "
-            "lower --energy or --rank-ratio."
-        )
-    left = plan_table[plan_table["action"] != "factorized"]
-    left_alone = ", ".join(f"{r.layer} ({r.action})" for r in left.itertuples()) or "none"
+    from compresskit.jobs.compress import factorization_outcome  # jobs.compress imports this module
+
+    plan_table, done, left_alone = factorization_outcome(plans)
     progress.log(f"factorized {len(done)} layers; left alone: {left_alone}")
     how = f"energy {cfg.energy:g}" if cfg.energy is not None else f"rank ratio {cfg.rank_ratio:g}"
     compression = {"lowrank": cfg.to_dict(), "factorized": done, "left_alone": left_alone}
