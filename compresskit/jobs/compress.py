@@ -211,6 +211,19 @@ def _inputs(options: JobOptions, checkpoint: str | Path) -> list[Path]:
     return inputs
 
 
+def last_and_best(
+    job: CompressionJob, final: nn.Module, best: FitResult | None
+) -> tuple[float, dict[str, torch.Tensor], float]:
+    """The fine-tuned model's last epoch: its test accuracy and a copy of its weights; then `final`
+    holds the best epoch's weights (when there was a best) and its test accuracy is the third value.
+    Evaluated on every rank (collectives under torchrun)."""
+    last_acc = job.accuracy(final)
+    last_state = {k: v.detach().clone() for k, v in final.state_dict().items()}
+    if best is not None:
+        final.load_state_dict(best.best_state)
+    return last_acc, last_state, job.accuracy(final)
+
+
 def factorization_outcome(plans: list) -> tuple[pd.DataFrame, list[str], str]:
     """The low-rank `plans` as a table (``ranks.csv``), the layers factorized, and the others with
     why ("none" if every one was); refused when nothing gets factorized."""
@@ -720,11 +733,7 @@ def _finish(
     and ``summary.json``. `final` is the fine-tuned model (last epoch). Returns the summary."""
     compressed_model, spec = compressed
     final_spec = spec  # fine-tuning keeps the compressed architecture
-    last_acc = job.accuracy(final)  # the evaluations run on every rank (collectives under torchrun)
-    last_state = {k: v.detach().clone() for k, v in final.state_dict().items()}
-    if best is not None:
-        final.load_state_dict(best.best_state)
-    final_acc = job.accuracy(final)
+    last_acc, last_state, final_acc = last_and_best(job, final, best)
     if not distributed.is_main():
         return {"run": str(out), "test_acc": final_acc, "table": None}
     # evaluated when <label>.pt was saved, before fine-tuning (perhaps by the run that stopped)

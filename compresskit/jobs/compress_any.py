@@ -211,14 +211,10 @@ def finish_any(
     """`jobs.compress._finish` for any model: ``checkpoint.pt`` and ``last.pt`` in format 2,
     ``history.csv``, ``curves.png``, the report of original / compressed / fine-tuned, the final
     ``config.json`` and ``summary.json``."""
-    from compresskit.jobs.compress import _meta
+    from compresskit.jobs.compress import _meta, last_and_best
 
     arch = job.source.architecture
-    last_acc = job.accuracy(final)  # every rank (collectives under torchrun)
-    last_state = {k: v.detach().clone() for k, v in final.state_dict().items()}
-    if best is not None:
-        final.load_state_dict(best.best_state)
-    final_acc = job.accuracy(final)
+    last_acc, last_state, final_acc = last_and_best(job, final, best)
     if not distributed.is_main():
         return {"run": str(out), "test_acc": final_acc, "table": None}
     compressed_acc = load_checkpoint(out / f"{label}.pt").meta["test_acc"]
