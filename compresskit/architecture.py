@@ -13,7 +13,9 @@ from __future__ import annotations
 import importlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -27,6 +29,20 @@ DOWNLOAD_KWARGS = ("weights", "pretrained", "weights_backbone", "pretrained_back
 _FACTORY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z][A-Za-z0-9_]*$")
 
 Trust = str | Sequence[str] | None
+# Set only by `trusting_recorded_factories`, i.e. by a caller who said so (the CLI's --trust-factory).
+_TRUST_RECORDED: ContextVar[bool] = ContextVar("compresskit_trust_recorded_factories", default=False)
+
+
+@contextmanager
+def trusting_recorded_factories(enabled: bool = True) -> Iterator[None]:
+    """Within this block, build any factory a checkpoint records, trusted module or not: the CLI's
+    ``--trust-factory`` on commands that read an existing run, whose factory the user cannot name
+    beforehand. With `enabled` False the block changes nothing."""
+    token = _TRUST_RECORDED.set(_TRUST_RECORDED.get() or enabled)
+    try:
+        yield
+    finally:
+        _TRUST_RECORDED.reset(token)
 
 
 def check_factory_name(name: object, where: str) -> str:
@@ -41,10 +57,12 @@ def check_factory_name(name: object, where: str) -> str:
 
 
 def is_trusted(name: str, trust_factory: Trust = None) -> bool:
-    """True when `name`'s module is inside `TRUSTED_MODULES` or `name` is in `trust_factory`."""
+    """True when `name`'s module is inside `TRUSTED_MODULES`, `name` is in `trust_factory`, or the
+    caller is inside `trusting_recorded_factories`."""
     module = name.partition(":")[0]
     trusted = [trust_factory] if isinstance(trust_factory, str) else list(trust_factory or [])
-    return name in trusted or any(module == t or module.startswith(t + ".") for t in TRUSTED_MODULES)
+    inside = any(module == t or module.startswith(t + ".") for t in TRUSTED_MODULES)
+    return inside or name in trusted or _TRUST_RECORDED.get()
 
 
 def check_factory_kwargs(kwargs: object, where: str) -> dict:
@@ -108,8 +126,8 @@ class Architecture:
         if not is_trusted(self.factory, trust_factory):
             raise CompresskitError(
                 f"{where} names the model factory '{self.factory}', outside the trusted modules "
-                f"({', '.join(TRUSTED_MODULES)}), so it was not imported; pass "
-                f"trust_factory='{self.factory}' if you trust that code."
+                f"({', '.join(TRUSTED_MODULES)}), so it was not imported; if you trust that code, pass "
+                f"trust_factory='{self.factory}' (on the command line: --trust-factory)."
             )
         module_name, _, function = self.factory.partition(":")
         try:
