@@ -256,6 +256,40 @@ def test_import_refuses_an_untrusted_factory_before_importing_it(tmp_path, monke
     assert "untrusted_models" not in sys.modules
 
 
+def test_a_run_of_an_untrusted_factory_needs_trust_factory_on_every_later_command(tmp_path, monkeypatch):
+    """Imported with --trust-factory, the run still refuses evaluate, analyze, prune and report
+    without the flag, before importing the module again; with it, each runs, and so does every run
+    made from it."""
+    (tmp_path / "own_models.py").write_text(
+        "from torch import nn\n"
+        "def small_net(num_classes=4):\n"
+        "    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),\n"
+        "                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import own_models
+
+    weights, run = tmp_path / "w.pt", tmp_path / "run"
+    torch.save(own_models.small_net().state_dict(), weights)
+    ok("import", "--factory", "own_models:small_net", "--trust-factory", "--weights", weights,
+       "--dataset", "synthetic", "--image-size", SIZE, "--out", run)  # fmt: skip
+    del sys.modules["own_models"]
+    for command in (("evaluate", "--checkpoint", run), ("analyze", "--checkpoint", run, "--quiet"),
+                    ("prune", "--checkpoint", run, "--out", tmp_path / "p", "--finetune-epochs", 1, *FAST),
+                    ("report", run, "--out", tmp_path / "r", "--quiet")):  # fmt: skip
+        line = refused(*command)
+        assert "own_models:small_net" in line and "--trust-factory" in line
+        assert "own_models" not in sys.modules
+    assert not any((tmp_path / name).exists() for name in ("p", "r"))
+    ok("evaluate", "--checkpoint", run, "--trust-factory")
+    ok("prune", "--checkpoint", run, "--out", tmp_path / "p", "--ratio", 0.5, "--finetune-epochs", 1,
+       "--batch-size", 64, *FP32, *FAST, "--trust-factory")  # fmt: skip
+    assert load_checkpoint(tmp_path / "p").factory == "own_models:small_net"
+    ok("report", run, tmp_path / "p", "--out", tmp_path / "r", "--bench-seconds", 0.001, "--rounds", 2,
+       "--quiet", "--trust-factory")  # fmt: skip
+    assert len(pd.read_csv(tmp_path / "r" / "report.csv")) == 2
+
+
 def test_prune_of_a_factory_model_resumes_exactly(imported, tmp_path, monkeypatch):
     """Stopped after its first fine-tuning epoch, a resumed run reloads pruned.pt and ends with the
     weights of a run that never stopped."""

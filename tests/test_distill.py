@@ -166,7 +166,7 @@ def _depth(source: Path, out: Path, **distill) -> dict:
 
 def test_a_distilling_compressed_run_resumes_with_its_recorded_teacher(runs, tmp_path, monkeypatch):
     import compresskit.jobs.common as common_job
-    import compresskit.jobs.compress as compress_job
+    import compresskit.jobs.compress.finetune as compress_job  # fine_tune's EpochRecorder, finish's curves
 
     for module in (common_job, compress_job):  # the curves are half of these runs' time
         monkeypatch.setattr(module, "plot_training_curves", lambda *args, **kwargs: None)

@@ -12,12 +12,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from compresskit import train as train_module
 from compresskit.checkpoint import load_checkpoint
 from compresskit.cli import app
 from compresskit.errors import CompresskitError
 from compresskit.jobs import evaluate as evaluate_job
 from compresskit.jobs import evaluate_run
+from compresskit.train import precision as precision_module
 
 FP32 = "fp32 + channels_last"
 BF16 = "bf16 + channels_last"
@@ -31,7 +31,7 @@ def invoke(*args: object):
 def native_bf16(monkeypatch):
     """Pretend the CPU computes bf16 natively (on one that does not, bf16 is emulated: slow, but
     correct, and these models are tiny)."""
-    monkeypatch.setattr(train_module, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(precision_module, "cpu_supports_bf16", lambda: True)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def bf16_run(tmp_path_factory) -> Path:
     """A one-epoch run trained in bf16 autocast, its job's own evaluations spied on."""
     run = tmp_path_factory.mktemp("precision") / "run"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train_module, "cpu_supports_bf16", lambda: True)
+        patch.setattr(precision_module, "cpu_supports_bf16", lambda: True)
         result = invoke("train", "--dataset", "synthetic", "--model", "cnn_bn", "--width", "0.25",
                         "--epochs", "1", "--precision", "bf16", "--out", run, "--quiet")  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -101,7 +101,7 @@ def test_evaluate_honours_a_bf16_request(bf16_run, monkeypatch, native_bf16):
 
 
 def test_bf16_is_refused_where_it_would_be_emulated_and_auto_is_fp32(bf16_run, monkeypatch):
-    monkeypatch.setattr(train_module, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(precision_module, "cpu_supports_bf16", lambda: False)
     before = (
         (bf16_run / "evaluation" / "evaluation.json").read_bytes()
         if (bf16_run / "evaluation").exists()
@@ -131,7 +131,7 @@ def test_cli_evaluate_precision_flag(bf16_run):
 
 
 def test_prune_fine_tuned_in_bf16_quotes_fp32_accuracies_and_paired_speedups(bf16_run, tmp_path, native_bf16):
-    from compresskit.jobs import compress as compress_job
+    from compresskit.jobs.compress import base as compress_job  # CompressionJob.accuracy's evaluate
 
     seen = []
     real = compress_job.evaluate

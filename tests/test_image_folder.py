@@ -6,15 +6,15 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from compresskit import image_folder
 from compresskit.checkpoint import load_checkpoint
 from compresskit.cli import app
-from compresskit.data import load_dataset
+from compresskit.data import image_folder, load_dataset
 from compresskit.errors import CompresskitError
 from compresskit.jobs.common import data_loaders, run_dataset, validation_split
 from compresskit.rundir import read_config
@@ -217,3 +217,19 @@ def test_cli_refuses_data_dir_with_a_folder_and_bad_image_sizes(tmp_path):
                     "--out", tmp_path / "r")  # fmt: skip
     assert result.exit_code == 2 and "16-pixel" in result.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_early_stopping_uses_the_val_folder_and_needs_one(tmp_path):
+    """--val-fraction 0 with a val/ folder still validates, so --patience is allowed; without val/
+    it is refused before anything is written."""
+    with_val, _ = _folder(tmp_path / "a", val=True)
+    flags = ("--model", "cnn", "--epochs", 2, "--batch-size", 4, "--val-fraction", 0, "--patience", 1,
+             "--quiet")  # fmt: skip
+    result = invoke("train", "--dataset", f"folder:{with_val}", *flags, "--out", tmp_path / "ok")
+    assert result.exit_code == 0, result.output
+    history = pd.read_csv(tmp_path / "ok" / "history.csv")
+    assert history["val_acc"].notna().all()
+    without, _ = _folder(tmp_path / "b")
+    result = invoke("train", "--dataset", f"folder:{without}", *flags, "--out", tmp_path / "no")
+    assert result.exit_code == 2 and "val/" in result.stderr and "--patience" in result.stderr
+    assert not (tmp_path / "no").exists()

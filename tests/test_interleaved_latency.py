@@ -259,7 +259,7 @@ def test_the_cli_shows_the_paired_speedup_with_its_spread(monkeypatch):
     from rich.console import Console
 
     recorder = Console(width=80, record=True, force_terminal=False)
-    monkeypatch.setattr(cli, "console", recorder)
+    monkeypatch.setattr(cli.render, "console", recorder)  # _print_report prints there
     rows = [_compared_row("base", 2.0, (1.0, 0.0)), _compared_row("small", 1.0, (1.8, 0.04))]
     cli._print_report(comparison_table(rows), "t")
     text = recorder.export_text()

@@ -446,7 +446,7 @@ def test_markdown_report_shows_latency_with_its_spread_and_warns(tmp_path):
 
 def test_cli_report_table_fits_80_columns_with_batch_sizes_and_spreads(monkeypatch):
     recorder = Console(width=80, record=True, force_terminal=False)
-    monkeypatch.setattr(cli, "console", recorder)
+    monkeypatch.setattr(cli.render, "console", recorder)  # _print_report prints there
     rows = _rows()
     rows[2]["model"] = "vgg11_bn-demo-pruned-separation+fine-tuned"  # a long run name wraps, is not cut
     cli._print_report(comparison_table(rows), "pruned runs/demo → runs/demo-pruned")

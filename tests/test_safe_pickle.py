@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from compresskit.cli import app
 from compresskit.data import load_dataset
+from compresskit.data.safe_pickle import load_pickle
 from compresskit.errors import CompresskitError
-from compresskit.safe_pickle import load_pickle
 from tests.fakedata import write_cifar10, write_pickle
 
 

@@ -347,16 +347,16 @@ def test_resume_from_a_saved_epoch_matches_the_run_that_never_stopped(tmp_path):
 
 
 def test_precision_auto_follows_native_bf16_and_bf16_is_refused_where_it_would_be_emulated(monkeypatch):
-    import compresskit.train as train_module
+    import compresskit.train.precision as precision_module
     from compresskit.errors import CompresskitError
     from compresskit.train import Precision, resolve_precision
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(train_module, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(precision_module, "cpu_supports_bf16", lambda: True)
     assert resolve_precision("auto", cpu) == Precision("bf16", True)
     assert resolve_precision("bf16", cpu) == Precision("bf16", True)
     assert resolve_precision("fp32", cpu) == Precision("fp32", True)
-    monkeypatch.setattr(train_module, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(precision_module, "cpu_supports_bf16", lambda: False)
     assert resolve_precision("auto", cpu) == Precision("fp32", True)
     with pytest.raises(CompresskitError, match="--precision bf16: this CPU has no native bf16"):
         resolve_precision("bf16", cpu)
@@ -371,7 +371,7 @@ def test_precision_auto_follows_native_bf16_and_bf16_is_refused_where_it_would_b
 def test_fit_computes_in_the_resolved_precision(monkeypatch):
     """bf16 autocast is on exactly when the resolved precision says bf16 (emulated here if the
     CPU lacks it: correctness, not speed), and the model is channels_last."""
-    import compresskit.train as train_module
+    import compresskit.train.precision as precision_module
 
     seen = []
 
@@ -391,7 +391,7 @@ def test_fit_computes_in_the_resolved_precision(monkeypatch):
     y = torch.randint(0, 2, (16,))
     batches = [(x, y)]
     for name, expected in (("fp32", None), ("bf16", torch.bfloat16)):
-        monkeypatch.setattr(train_module, "cpu_supports_bf16", lambda: True)
+        monkeypatch.setattr(precision_module, "cpu_supports_bf16", lambda: True)
         seen.clear()
         model = Spy()
         fit(model, batches, batches, TrainConfig(epochs=1, precision=name, schedule="none"))
@@ -408,10 +408,10 @@ def test_patience_on_val_loss_counts_only_improvements_larger_than_min_delta(
 ):
     """The layer-wise study's rule: stop after `patience` epochs whose validation loss did not fall
     by more than `min_delta` below the best so far."""
-    import compresskit.train as train_module
+    import compresskit.train.loop as loop_module
 
     losses = iter([1.0, 0.8, 0.79, 0.785, 0.6, 0.7])
-    monkeypatch.setattr(train_module, "evaluate", lambda *args, **kwargs: (next(losses), 0.5))
+    monkeypatch.setattr(loop_module, "evaluate", lambda *args, **kwargs: (next(losses), 0.5))
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
     batches = [(torch.randn(8, 3, 2, 2), torch.randint(0, 2, (8,)))]
     cfg = TrainConfig(epochs=6, patience=2, patience_metric="val_loss", min_delta=min_delta, schedule="none")

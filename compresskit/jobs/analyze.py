@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from compresskit.data import Loader, balanced_subset
+from compresskit.data import balanced_loader
 from compresskit.errors import CompresskitError
 from compresskit.jobs.anymodel import model_name
 from compresskit.jobs.common import open_checkpoint
@@ -94,21 +94,15 @@ def analyze_run(
                     shutil.copy2(old, stage / old.name)
         if metric_names:
             fitted, _ = config.data.split.indices(data.train.labels, str(ckpt.path.parent))
-            train_pick = balanced_subset(data.train.labels, samples, seed, among=fitted)
-            test_pick = balanced_subset(data.test.labels, samples, seed)
+            stats = {"mean": tuple(config.data.mean), "std": tuple(config.data.std), "device": torch_device}
             loaders = [
-                Loader(
-                    split,
-                    batch_size,
-                    mean=tuple(config.data.mean),
-                    std=tuple(config.data.std),
-                    device=torch_device,
-                )
-                for split in (data.train.subset(train_pick), data.test.subset(test_pick))
+                balanced_loader(data.train, samples, seed, batch_size=batch_size, among=fitted, **stats),
+                balanced_loader(data.test, samples, seed, batch_size=batch_size, **stats),
             ]
+            train_count, test_count = (loader.num_samples for loader in loaders)
             progress.log(
-                f"analyzing {len(chosen)} layers of {model_name(ckpt)} on {len(train_pick)} train and "
-                f"{len(test_pick)} test images of {data.name} ({', '.join(metric_names)})"
+                f"analyzing {len(chosen)} layers of {model_name(ckpt)} on {train_count} train and "
+                f"{test_count} test images of {data.name} ({', '.join(metric_names)})"
             )
             table = layer_table(
                 model, *loaders, chosen, metric_names, memory_budget=budget, progress=progress
@@ -117,8 +111,8 @@ def analyze_run(
             plot_separation(table, stage / "separation.png", title=f"{model_name(ckpt)} on {data.name}")
             result.update(
                 table=table,
-                train_samples=len(train_pick),
-                test_samples=len(test_pick),
+                train_samples=train_count,
+                test_samples=test_count,
                 features=table.attrs["features"],
             )
         if filters:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from compresskit.compress.prune import PruneConfig, prune_copy
-from compresskit.data import Loader, balanced_subset
+from compresskit.data import balanced_loader
 from compresskit.errors import CompresskitError
 from compresskit.jobs.anymodel import is_convnet, model_name
 from compresskit.jobs.common import open_checkpoint
@@ -59,11 +59,14 @@ def sensitivity_run(
     folder = ckpt.path.parent / FOLDER
     check_derived_folder(folder, "sensitivity")
     torch_device = resolve_device(device)
-    test = data.test
-    if samples:
-        test = test.subset(balanced_subset(test.labels, samples, 0))
-    loader = Loader(
-        test, batch_size, mean=tuple(config.data.mean), std=tuple(config.data.std), device=torch_device
+    loader = balanced_loader(
+        data.test,
+        samples or None,  # 0 or None: every test image
+        0,
+        batch_size=batch_size,
+        mean=tuple(config.data.mean),
+        std=tuple(config.data.std),
+        device=torch_device,
     )
     model = ckpt.build(torch_device)
     precision = resolve_precision(str(config.train.get("precision", "auto")), torch_device)

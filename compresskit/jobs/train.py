@@ -8,7 +8,8 @@ training ends it gains ``checkpoint.pt`` (best validation accuracy, with its tes
 ``summary.json``. With ``--ema`` the weights a user gets are the moving average (`compresskit.ema`):
 ``checkpoint.pt``, the finished ``last.pt`` and every evaluation; an unfinished ``last.pt`` holds
 the raw weights it resumes from, the average in its training state. A layer-wise run also keeps
-``stages/NN/`` (history and best model of each finished stage), ``stages.csv`` and ``stages.png``.
+``stages/NN/`` (history and best model of each finished stage), ``stages.csv`` and ``stages.png``
+(`compresskit.jobs.layerwise`).
 """
 
 from __future__ import annotations
@@ -20,14 +21,11 @@ import pandas as pd
 import torch
 
 from compresskit import distributed
-from compresskit.analysis.layers import block_csi
 from compresskit.architecture import Architecture
-from compresskit.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, save_checkpoint
+from compresskit.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint
 from compresskit.data import (
     Augmentation,
     ImageDataset,
-    Loader,
-    balanced_subset,
     check_dataset,
     check_image_size,
     check_labels,
@@ -48,18 +46,12 @@ from compresskit.jobs.common import (
     versions,
     write_history,
 )
+from compresskit.jobs.layerwise import check_layerwise, fit_layerwise
 from compresskit.jobs.train_any import build_torchvision, check_model_options, is_torchvision
-from compresskit.layerwise import (
-    LayerwiseConfig,
-    LayerwiseResume,
-    StageResult,
-    stage_row,
-    stage_spec,
-    train_layerwise,
-)
+from compresskit.layerwise import LayerwiseConfig, stage_spec
 from compresskit.live import TENSORBOARD_DIR, TensorBoardLog
-from compresskit.models import ConvNet, ModelSpec, build_model, check_init, count_parameters, make_spec
-from compresskit.plots import plot_stages, plot_training_curves
+from compresskit.models import ModelSpec, build_model, check_init, count_parameters, make_spec
+from compresskit.plots import plot_training_curves
 from compresskit.progress import Progress
 from compresskit.rundir import (
     DataRecord,
@@ -74,17 +66,13 @@ from compresskit.rundir import (
     write_json,
 )
 from compresskit.train import (
-    HISTORY_COLUMNS,
-    FitResult,
     Precision,
     TrainConfig,
     TrainingState,
-    capture_rng,
     evaluate,
     fit,
     resolve_device,
     resolve_precision,
-    restore_rng,
 )
 
 
@@ -155,7 +143,8 @@ def train_run(
     check_image_size(data_options.image_size)
     if data_options.dataset.startswith("folder:") and data_options.data_dir is not None:
         raise CompresskitError("--data-dir is for named datasets; --dataset folder:PATH names its folder.")
-    cfg.validate(has_validation=data_options.val_fraction > 0)
+    # a folder's own val/ split is known only once it is read: checked again below
+    cfg.validate(has_validation=data_options.val_fraction > 0 or data_options.dataset.startswith("folder:"))
     check_model_options(model_options, layerwise=layerwise is not None)
     if not is_torchvision(model_options):  # checks the flags (and that the pools fit --image-size)
         plan = _model_spec(model_options, num_classes=2, in_channels=1, input_size=data_options.image_size)
@@ -169,20 +158,7 @@ def train_run(
     check_init(model_options.init)
     _check_distributed(cfg, device, layerwise=layerwise is not None)
     if layerwise is not None:
-        layerwise.epochs_for(len(plan.conv_widths))
-        if layerwise.aug_switch is not None:
-            Augmentation.parse(layerwise.aug_switch[1])
-        if model_options.init != "kaiming":
-            raise CompresskitError("--init torch is for end-to-end training; --layerwise stages use Kaiming.")
-        if cfg.track_test:
-            raise CompresskitError(
-                "--track-test is for end-to-end training; --layerwise reports test accuracy after each stage "
-                "in stages.csv."
-            )
-        if cfg.ema is not None:
-            raise CompresskitError(
-                "--ema averages an end-to-end run's weights; --layerwise stages do not support it."
-            )
+        check_layerwise(layerwise, plan, cfg, init=model_options.init)
     with distributed.session(device):
         check_output(out, "train", overwrite=overwrite)
         distributed.barrier()  # every rank has looked at --out before rank 0 creates it
@@ -195,6 +171,7 @@ def train_run(
                 image_size=data_options.image_size,
             )
         )
+        cfg.validate(has_validation=data_options.val_fraction > 0 or data.val is not None)
         return _start_training(out, model_options, data_options, cfg, data, augment, device, precision,
                                overwrite=overwrite, progress=progress, layerwise=layerwise,
                                tensorboard=tensorboard)  # fmt: skip
@@ -365,27 +342,11 @@ def _train(
         result = fit(model, train_loader, val_loader, cfg, progress=progress, resume=state, on_epoch=on_epoch,
                      on_step=board.step if board is not None else None,
                      test_loader=test_loader if cfg.track_test else None)  # fmt: skip
-        history = result.history
     else:
-        layerwise = LayerwiseConfig(**{**config.layerwise, "aug_switch": _switch(config.layerwise)})
         assert arch.spec is not None  # layer-wise runs are ConvNets
-        model, result = _fit_layerwise(
-            out,
-            arch.spec,
-            layerwise,
-            cfg,
-            config,
-            data,
-            device,
-            meta,
-            title,
-            train_loader,
-            val_loader,
-            test_loader,
-            progress,
-            resume,
-        )
-        history = result.history
+        model, result = fit_layerwise(out, arch.spec, config, cfg, data, device, meta, title,
+                                      (train_loader, val_loader, test_loader), progress, resume)  # fmt: skip
+    history = result.history
     last_epoch = int(history[-1]["epoch"]) if history else 0
     # quoted test accuracies are fp32 whatever training used, so they reproduce on any machine
     test_precision = resolve_precision("fp32", device)
@@ -399,18 +360,8 @@ def _train(
     test_loss, test_acc = evaluate(model, test_loader, device, precision=test_precision)
     if distributed.is_main():
         write_history(out / "history.csv", history)
-        save_run_checkpoint(
-            out / CHECKPOINT_NAME,
-            saved,
-            model,
-            {
-                **meta,
-                "epoch": result.best_epoch,
-                "val_acc": result.best_val_acc,
-                "test_acc": test_acc,
-                **tested,
-            },
-        )
+        best = {**meta, "epoch": result.best_epoch, "val_acc": result.best_val_acc, "test_acc": test_acc}
+        save_run_checkpoint(out / CHECKPOINT_NAME, saved, model, {**best, **tested})
         last = load_checkpoint(out / LAST_NAME) if (out / LAST_NAME).is_file() else None
         save_run_checkpoint(
             out / LAST_NAME,
@@ -444,198 +395,3 @@ def _train(
     if distributed.is_main():
         write_json(out / "summary.json", summary)
     return summary
-
-
-def _switch(layerwise: dict) -> tuple[int, str] | None:
-    switch = layerwise.get("aug_switch")
-    return None if switch is None else (int(switch[0]), str(switch[1]))
-
-
-STAGE_FILE = "stage.pt"
-
-
-def _fit_layerwise(
-    out: Path,
-    spec: ModelSpec,
-    cfg: LayerwiseConfig,
-    train_cfg: TrainConfig,
-    config: RunConfig,
-    data: ImageDataset,
-    device: torch.device,
-    meta: dict,
-    title: str,
-    train_loader: Loader,
-    val_loader: Loader | None,
-    test_loader: Loader,
-    progress: Progress,
-    resume: Checkpoint | None,
-) -> tuple[ConvNet, FitResult]:
-    """Run the layer-wise stages into `out` (resuming inside the stage ``last.pt`` was saved in);
-    return the final model (last-epoch weights) and a `FitResult` spanning all stages."""
-    rows, histories = _finished_stages(out)
-    csi_batches = None
-    if cfg.analyze_stages:
-        fitted, _ = config.data.split.indices(data.train.labels, str(out))
-        pick = balanced_subset(data.train.labels, 1000, train_cfg.seed, among=fitted)
-        test_pick = balanced_subset(data.test.labels, 1000, train_cfg.seed)
-        subsets = {"train": data.train.subset(pick), "test": data.test.subset(test_pick)}
-        csi_batches = {
-            split: list(
-                Loader(subset, 256, mean=tuple(config.data.mean), std=tuple(config.data.std), device=device)
-            )
-            for split, subset in subsets.items()
-        }
-
-    def stage_loaders(stage_number: int) -> tuple:
-        switch = cfg.aug_switch
-        if switch is None or stage_number < switch[0]:
-            return train_loader, val_loader
-        switched = data_loaders(
-            data,
-            config.data,
-            batch_size=train_cfg.batch_size,
-            seed=train_cfg.seed + stage_number,
-            device=device,
-            augment=Augmentation.parse(switch[1]),
-            where=str(out),
-        )
-        return switched[0], switched[1]
-
-    def earlier_rows() -> list[dict]:
-        return [row for table in histories for row in table.to_dict("records")]
-
-    def on_epoch(stage: int, model: ConvNet, state: TrainingState) -> None:
-        before = earlier_rows()
-        recorder = EpochRecorder(
-            out, model.spec, model, {**meta, "stage": stage}, title, before=before, extra={"stage": stage}
-        )
-        recorder(state)
-        if board is not None:
-            board.epoch(state, offset=len(before))
-
-    board = TensorBoardLog(out / TENSORBOARD_DIR) if config.tensorboard else None
-
-    def after_stage(done: StageResult) -> None:
-        folder = out / "stages" / f"{done.stage:02d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        table = pd.DataFrame(done.fit.history, columns=list(HISTORY_COLUMNS))
-        table.to_csv(folder / "history.csv", index=False)
-        histories.append(table.assign(stage=done.stage))
-        fp32 = resolve_precision("fp32", device)  # a quoted test accuracy: fp32, as the run's own
-        row = {
-            **stage_row(done),
-            "test_acc": evaluate(done.model, test_loader, device, precision=fp32)[1],
-        }
-        if csi_batches is not None:
-            for split, batches in csi_batches.items():
-                row[f"csi_{split}"] = block_csi(done.model, batches)[0][-1]
-        rows.append(row)
-        save_checkpoint(
-            folder / STAGE_FILE,
-            done.spec,
-            done.model,
-            {**meta, "row": row},
-            training={
-                "last_state": done.last_state,
-                "best_state": done.fit.best_state,
-                "best_epoch": done.fit.best_epoch,
-                "best_val_acc": done.fit.best_val_acc,
-                "stop_reason": done.fit.stop_reason,
-                "seconds": done.fit.seconds,
-                "history": done.fit.history,
-                # where the shared training loader's shuffling stands, for a stop between stages
-                "rng": capture_rng(train_loader),
-            },
-        )
-        pd.DataFrame(rows).to_csv(out / "stages.csv", index=False)
-        progress.log(f"stage {done.stage}: best val {row['best_val_acc']}, test {row['test_acc']:.4f}")
-
-    start = _layerwise_resume(out, resume, device, len(rows))
-    switch = cfg.aug_switch
-    if start is not None and start.fit is None and rows and (switch is None or start.stage < switch[0]):
-        # a fresh stage after a stop between stages: the shared loader goes on where it was
-        finished = load_checkpoint(out / "stages" / f"{len(rows):02d}" / STAGE_FILE)
-        restore_rng(finished.training["rng"], train_loader)
-    results = train_layerwise(
-        spec,
-        cfg,
-        train_cfg,
-        stage_loaders,
-        device=device,
-        progress=progress,
-        after_stage=after_stage,
-        on_epoch=on_epoch,
-        resume=start,
-    )
-    table = pd.DataFrame(rows)
-    table.to_csv(out / "stages.csv", index=False)
-    plot_stages(
-        [h.drop(columns="stage") for h in histories],
-        table,
-        out / "stages.png",
-        title=f"layer-wise {spec.name}",
-    )
-    history = earlier_rows_combined(histories)
-    if results:
-        last_model, last_fit, last_state = results[-1].model, results[-1].fit, results[-1].last_state
-    else:  # every stage had finished before the stop
-        last_ckpt = load_checkpoint(out / "stages" / f"{len(rows):02d}" / STAGE_FILE)
-        last_model, last_state = last_ckpt.build(device), last_ckpt.training["last_state"]
-        last_fit = _stage_fit(last_ckpt)
-    last_len = len(last_fit.history)
-    combined = FitResult(
-        history,
-        last_fit.best_state,
-        len(history) - last_len + last_fit.best_epoch,
-        last_fit.best_val_acc,
-        last_fit.stop_reason,
-        sum(float(r["seconds"]) for r in rows),
-    )
-    last_model.load_state_dict(last_state)
-    return last_model, combined
-
-
-def earlier_rows_combined(histories: list[pd.DataFrame]) -> list[dict]:
-    """Stage histories as one history, epochs numbered across stages."""
-    history, offset = [], 0
-    for table in histories:
-        history += [{**row, "epoch": int(row["epoch"]) + offset} for row in table.to_dict("records")]
-        offset += len(table)
-    return history
-
-
-def _finished_stages(out: Path) -> tuple[list[dict], list[pd.DataFrame]]:
-    """The stages.csv rows and stage histories of the stages a stopped run had finished."""
-    rows, histories = [], []
-    stage = 1
-    while (out / "stages" / f"{stage:02d}" / STAGE_FILE).is_file():
-        ckpt = load_checkpoint(out / "stages" / f"{stage:02d}" / STAGE_FILE)
-        rows.append(ckpt.meta["row"])
-        histories.append(
-            pd.DataFrame(ckpt.training["history"], columns=list(HISTORY_COLUMNS)).assign(stage=stage)
-        )
-        stage += 1
-    return rows, histories
-
-
-def _stage_fit(ckpt: Checkpoint) -> FitResult:
-    t = ckpt.training
-    return FitResult(
-        t["history"], t["best_state"], t["best_epoch"], t["best_val_acc"], t["stop_reason"], t["seconds"]
-    )
-
-
-def _layerwise_resume(
-    out: Path, resume: Checkpoint | None, device: torch.device, finished: int
-) -> LayerwiseResume | None:
-    """Where to continue: after the `finished` stages, inside the stage ``last.pt`` holds if it is
-    the next one."""
-    if resume is None:
-        return None
-    previous = None
-    if finished:
-        previous = load_checkpoint(out / "stages" / f"{finished:02d}" / STAGE_FILE).build(device)
-    stage = finished + 1
-    if int(resume.meta.get("stage", 0)) == stage:
-        return LayerwiseResume(stage, previous, resume.state_dict, TrainingState.from_dict(resume.training))
-    return LayerwiseResume(stage, previous)

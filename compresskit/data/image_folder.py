@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from compresskit.data import FOLDER_PREFIX, ImageDataset, ImageSplit, channel_stats
+from compresskit.data.dataset import ImageDataset, ImageSplit, channel_stats
+from compresskit.data.registry import FOLDER_PREFIX
 from compresskit.errors import CompresskitError
 
 SPLITS = ("train", "val", "test")

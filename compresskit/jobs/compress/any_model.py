@@ -3,9 +3,10 @@ torchvision model, an imported one, or anything saved in checkpoint format 2 wit
 
 The library does the work (`compress.prune_any.prune_model`: torch-pruning's dependency graph;
 `compress.lowrank_any.lowrank_model`: SVD of any groups-1 Conv2d and Linear); this module makes
-the run directory exactly as `jobs.compress` does for a ConvNet (``run.json``, ``config.json``,
-``<label>.pt`` before fine-tuning, ``last.pt``/``history.csv``/``curves.png`` after every epoch,
-``checkpoint.pt``, ``report.*``, ``summary.json``), with two differences:
+the run directory exactly as the ConvNet path does (``run.json``, ``config.json``, ``<label>.pt``
+before fine-tuning, ``last.pt``/``history.csv``/``curves.png`` after every epoch,
+``checkpoint.pt``, ``report.*``, ``summary.json``: `finetune.fine_tune_and_finish`), with two
+differences:
 
 * every model it writes is checkpoint format 2: the source's architecture plus the edits
   compression recorded, so it reloads without torch-pruning and without a spec;
@@ -19,30 +20,30 @@ or ``--allocate csi``'s per-group ratios), no ``--max-layer-ratio``; the table b
 
 from __future__ import annotations
 
-import copy
-from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
 from torch import nn
 
 from compresskit import distributed
-from compresskit.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint
+from compresskit.checkpoint import Checkpoint, load_checkpoint
 from compresskit.compress.lowrank import LowRankConfig
 from compresskit.compress.prune import NEEDS_DATA, PruneConfig
 from compresskit.errors import CompresskitError
-from compresskit.jobs.anymodel import checkpoint_input_shape, model_name, save_run_checkpoint
-from compresskit.jobs.common import LAST_NAME, recording_state, write_history
+from compresskit.jobs.anymodel import checkpoint_input_shape, model_name
+from compresskit.jobs.common import recording_state
+from compresskit.jobs.compress.base import (
+    LABELS,
+    CompressionJob,
+    compressed_run_config,
+    create_run,
+    factorization_outcome,
+)
+from compresskit.jobs.compress.finetune import fine_tune_and_finish
 from compresskit.models import count_parameters
-from compresskit.plots import plot_training_curves
 from compresskit.progress import Progress
 from compresskit.rundir import ModelRecord, RunConfig
-from compresskit.train import TrainingState
-
-if TYPE_CHECKING:  # jobs.compress imports this module
-    from compresskit.jobs.compress import CompressionJob
 
 
 def check_prune_any(cfg: PruneConfig, where: Path | None) -> None:
@@ -69,7 +70,6 @@ def prune_any(
 ) -> dict:
     """Prune `job.model` by `cfg` (`prune_model`), then make and fine-tune the run `out`."""
     from compresskit.compress.prune_any import prune_model
-    from compresskit.jobs.compress import _create
 
     check_prune_any(cfg, job.source.path)
     needs_data = cfg.importance in NEEDS_DATA or cfg.allocate == "csi"
@@ -90,11 +90,11 @@ def prune_any(
         "channels": channels_note(widths),
     }
     config = run_config(job, "prune", pruned, compression, step)
-    _create(out, "prune", config, job.options, checkpoint)
+    create_run(out, "prune", config, job.options, checkpoint)
     with recording_state(out):
         if distributed.is_main():
             widths.to_csv(out / "widths.csv", index=False)
-        return fine_tune_any(out, config, job, pruned, progress, resume=None)
+        return fine_tune_and_finish(out, config, job, pruned, job.source.architecture, progress, resume=None)
 
 
 def widths_table(original: nn.Module, pruned: nn.Module) -> pd.DataFrame:
@@ -126,7 +126,6 @@ def lowrank_any(
     """Factorize `job.model` (`lowrank_model`; ``--layers`` all or a comma list of module paths),
     then make and fine-tune the run `out` (plus ``ranks.csv``)."""
     from compresskit.compress.lowrank_any import lowrank_model
-    from compresskit.jobs.compress import _create
 
     example = torch.zeros(1, *checkpoint_input_shape(job.source), device=job.device)
     try:
@@ -137,18 +136,16 @@ def lowrank_any(
     except CompresskitError as exc:  # the library names its parameter; this is the flag
         raise CompresskitError(str(exc).replace("layers", "--layers", 1)) from None
     model.eval()
-    from compresskit.jobs.compress import factorization_outcome  # jobs.compress imports this module
-
     plan_table, done, left_alone = factorization_outcome(plans)
     progress.log(f"factorized {len(done)} layers; left alone: {left_alone}")
     how = f"energy {cfg.energy:g}" if cfg.energy is not None else f"rank ratio {cfg.rank_ratio:g}"
     compression = {"lowrank": cfg.to_dict(), "factorized": done, "left_alone": left_alone}
     config = run_config(job, "lowrank", model, compression, f"lowrank {how} ({cfg.layers})")
-    _create(out, "lowrank", config, job.options, checkpoint)
+    create_run(out, "lowrank", config, job.options, checkpoint)
     with recording_state(out):
         if distributed.is_main():
             plan_table.to_csv(out / "ranks.csv", index=False)
-        return fine_tune_any(out, config, job, model, progress, resume=None)
+        return fine_tune_and_finish(out, config, job, model, job.source.architecture, progress, resume=None)
 
 
 def run_config(
@@ -161,96 +158,7 @@ def run_config(
         parameters=count_parameters(model), init=job.source_config.model.init,
         architecture=job.source.architecture.to_dict(),
     )  # fmt: skip
-    from compresskit.jobs.compress import compressed_run_config  # jobs.compress imports this module
-
     return compressed_run_config(job, command, record, compression, step)
-
-
-def fine_tune_any(
-    out: Path,
-    config: RunConfig,
-    job: CompressionJob,
-    compressed: nn.Module,
-    progress: Progress,
-    resume: Checkpoint | None,
-) -> dict:
-    """Save ``<label>.pt`` (format 2, checked to rebuild), fine-tune a copy (from `resume` when
-    given), finish the run."""
-    from compresskit.jobs.compress import LABELS, _fine_tune, _meta, _on_main_exists
-    from compresskit.model_io import save
-
-    label = LABELS[config.command]
-    if not _on_main_exists(out / f"{label}.pt"):
-        acc = job.accuracy(compressed)  # every rank: a collective under torchrun
-        if distributed.is_main():
-            save(compressed, out / f"{label}.pt", meta=_meta(job, config, test_acc=acc))
-        distributed.barrier()
-    work = copy.deepcopy(compressed)
-    state = None
-    if resume is not None:
-        work.load_state_dict(resume.state_dict)
-        state = TrainingState.from_dict(resume.training)
-    arch = job.source.architecture
-    result, history = _fine_tune(
-        out, config, job, work, arch, job.finetune.epochs, progress, before=[], step=None, resume=state
-    )
-    return finish_any(out, config, job, label, compressed, work, history, result, progress)
-
-
-def finish_any(
-    out: Path,
-    config: RunConfig,
-    job: CompressionJob,
-    label: str,
-    compressed: nn.Module,
-    final: nn.Module,
-    history: list[dict],
-    best,
-    progress: Progress,
-) -> dict:
-    """`jobs.compress._finish` for any model: ``checkpoint.pt`` and ``last.pt`` in format 2,
-    ``history.csv``, ``curves.png``, the report of original / compressed / fine-tuned, the final
-    ``config.json`` and ``summary.json``."""
-    from compresskit.jobs.compress import _meta, last_and_best
-
-    arch = job.source.architecture
-    last_acc, last_state, final_acc = last_and_best(job, final, best)
-    if not distributed.is_main():
-        return {"run": str(out), "test_acc": final_acc, "table": None}
-    compressed_acc = load_checkpoint(out / f"{label}.pt").meta["test_acc"]
-    write_history(out / "history.csv", history)
-    last = load_checkpoint(out / LAST_NAME) if (out / LAST_NAME).is_file() else None
-    save_run_checkpoint(
-        out / LAST_NAME, arch, last_state, _meta(job, config, test_acc=last_acc),
-        training=None if last is None else last.training, edits_of=final,
-    )  # fmt: skip
-    meta = _meta(
-        job, config, test_acc=final_acc, epoch=best.best_epoch if best else 0,
-        val_acc=best.best_val_acc if best else None,
-    )  # fmt: skip
-    save_run_checkpoint(out / CHECKPOINT_NAME, arch, final, meta)
-    name = model_name(job.source)
-    if history:
-        plot_training_curves(pd.DataFrame(history), out / "curves.png", title=f"fine-tuning {label} {name}")
-    progress.log("measuring parameters, MACs, size and latency of the three models")
-    lineage, shape = config.lineage, checkpoint_input_shape(job.source)
-    compared = [
-        ("original", job.model, shape, job.original_acc, job.source.path, lineage[:-1]),
-        (label, compressed, shape, compressed_acc, out / f"{label}.pt", lineage),
-        (f"{label}+fine-tuned", final, shape, final_acc, out / CHECKPOINT_NAME, lineage),
-    ]
-    from compresskit.jobs.compress import write_compressed_outputs  # jobs.compress imports this module
-
-    compression = config.compression or {}
-    notes = [f"{key.replace('_', ' ')}: {compression[key]}"
-             for key in ("channels", "factorized", "left_alone") if key in compression]  # fmt: skip
-    config.model = ModelRecord(**{**asdict(config.model), "parameters": count_parameters(final)})
-    channels = {"channels": compression["channels"]} if "channels" in compression else {}
-    return write_compressed_outputs(
-        out, job, config, compared, notes, f"{lineage[-1]} of {name}",
-        {f"{label}_test_acc": compressed_acc, "test_acc": final_acc},
-        {"parameters": count_parameters(final), **channels},
-    )  # fmt: skip
 
 
 def resume_any(
@@ -258,12 +166,10 @@ def resume_any(
 ) -> dict:
     """Continue a stopped any-model prune or lowrank run: reload ``<label>.pt`` (never replay the
     compression) and fine-tune from `last`."""
-    from compresskit.jobs.compress import LABELS
-
     label = LABELS[config.command]
     if not (run / f"{label}.pt").is_file():
         raise CompresskitError(
             f"--resume {run} has no {label}.pt; it stopped before compressing, start it again."
         )
     compressed = load_checkpoint(run / f"{label}.pt").build(job.device)
-    return fine_tune_any(run, config, job, compressed, progress, resume=last)
+    return fine_tune_and_finish(run, config, job, compressed, job.source.architecture, progress, resume=last)

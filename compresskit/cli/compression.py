@@ -1,0 +1,310 @@
+"""The compression commands: `prune`, `lowrank` and `depth`, each a new run from --checkpoint
+into --out, or --resume of a stopped one (`_compression_run`, the path all three share)."""
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich import box
+from rich.markup import escape
+from rich.table import Table
+
+from compresskit.cli.app import user_errors
+from compresskit.cli.options import (
+    AllocateName,
+    BenchSeconds,
+    Device,
+    DeviceName,
+    Distill,
+    DistillTemperature,
+    DistillWeight,
+    Download,
+    FinetuneEpochs,
+    FinetuneLr,
+    ImportanceName,
+    OptimizerName,
+    Overwrite,
+    PrecisionName,
+    PrecisionOption,
+    Quiet,
+    ResumeOut,
+    RunDataDir,
+    ScheduleName,
+    ScopeName,
+    Seed,
+    Source,
+    SyncBn,
+    Teacher,
+    Threads,
+    TrustFactory,
+    _refuse_changes,
+    _str_or_none,
+)
+from compresskit.cli.render import _print_report, _print_table, console
+from compresskit.errors import CompresskitError
+
+if TYPE_CHECKING:  # the jobs pull in torch; the command line imports them only when a command runs
+    from compresskit.jobs import JobOptions
+    from compresskit.progress import Progress
+
+# The flags --resume accepts; any other one given explicitly is refused.
+RESUME_ALLOWED = {"resume", "data_dir", "download", "quiet", "bench_seconds", "threads", "trust_factory"}
+
+# Starts a new run: (source checkpoint, --out, JobOptions, Progress) → the job's result.
+StartRun = Callable[[Path, Path, "JobOptions", "Progress"], dict]
+
+
+def _compression_run(ctx: typer.Context, command: str, start: StartRun, *, checkpoint: Path | None,
+                     out: Path | None, resume: Path | None, options: "JobOptions", quiet: bool,
+                     trust_factory: bool) -> tuple[dict, Path] | None:  # fmt: skip
+    """Run `command` (prune, lowrank or depth): with --resume, continue that run with its own
+    configuration (`resume_compress_run`; refused when any flag outside `RESUME_ALLOWED` is given),
+    else `start` a new one from --checkpoint into --out. A `CompresskitError` ends the command as
+    one line (`user_errors`). Returns the job's result and the run directory it wrote, or None in a
+    torchrun process other than rank 0, which prints nothing."""
+    from compresskit.jobs import resume_compress_run
+
+    with user_errors(trust_factory):
+        if resume is not None:
+            _refuse_changes(ctx, RESUME_ALLOWED, "--resume")
+            result = resume_compress_run(
+                resume, command, data_dir=options.data_dir, download=options.download,
+                bench_seconds=options.bench_seconds, threads=options.threads, progress=_progress(quiet),
+            )  # fmt: skip
+            out = resume
+        else:
+            if checkpoint is None or out is None:
+                raise CompresskitError(f"{command} needs --checkpoint RUN and --out DIR (or --resume OUT).")
+            result = start(checkpoint, out, options, _progress(quiet))
+    if _elsewhere():
+        return None
+    return result, out
+
+
+def _progress(quiet: bool) -> "Progress":
+    """Progress on stderr, from rank 0 only under torchrun."""
+    from compresskit import distributed
+    from compresskit.progress import Progress
+
+    return Progress(enabled=not quiet and distributed.is_main())
+
+
+def _elsewhere() -> bool:
+    """Whether this is a torchrun process other than rank 0 (which prints nothing)."""
+    from compresskit import distributed
+
+    return not distributed.is_main()
+
+
+def _job_options(data_dir: Path | None, download: bool, bench_seconds: float, threads: int | None,
+                 overwrite: bool, distill: bool, teacher: Path | None, distill_temperature: float,
+                 distill_weight: float) -> "JobOptions":  # fmt: skip
+    """The `JobOptions` of the flags every compression command has."""
+    from compresskit.jobs import JobOptions
+
+    return JobOptions(
+        data_dir=_str_or_none(data_dir), download=download, bench_seconds=bench_seconds, threads=threads,
+        overwrite=overwrite, distill=distill, teacher=_str_or_none(teacher),
+        distill_temperature=distill_temperature, distill_weight=distill_weight,
+    )  # fmt: skip
+
+
+def _finetune_config(
+    epochs: int, lr: float, seed: int, device: DeviceName, precision: PrecisionName, sync_bn: bool
+):
+    """The fine-tuning `TrainConfig` of lowrank and depth: SGD on a cosine schedule."""
+    from compresskit.train import TrainConfig
+
+    return TrainConfig(
+        epochs=epochs, lr=lr, schedule="cosine", seed=seed, device=device.value, precision=precision.value,
+        sync_bn=sync_bn,
+    )  # fmt: skip
+
+
+def prune(
+    ctx: typer.Context,
+    checkpoint: Source = None,
+    out: Path | None = typer.Option(None, "--out", help="Run directory to create for the pruned model."),
+    resume: ResumeOut = None,
+    ratio: float = typer.Option(0.5, help="Fraction of each conv layer's channels to remove, in (0, 1)."),
+    importance: ImportanceName = typer.Option("l1", help="How channels are ranked."),
+    scope: ScopeName = typer.Option("uniform", help="One ratio per layer, or rank all channels together."),
+    allocate: AllocateName = typer.Option("uniform", help="csi: per-layer ratios from CSI gains."),
+    steps: int = typer.Option(1, help="Prune in this many steps, fine-tuning between them."),
+    round_to: int | None = typer.Option(None, help="Keep channel counts a multiple of this."),
+    max_layer_ratio: float = typer.Option(1.0, help="No layer loses more than this fraction."),
+    calibration_samples: int = typer.Option(
+        1000, help="Class-balanced training images for taylor, separation and --allocate csi."
+    ),
+    finetune_epochs: int = typer.Option(10, help="Fine-tuning epochs in all (split over --steps)."),
+    batch_size: int = typer.Option(128, help="Fine-tuning batch size."),
+    lr: float = typer.Option(0.01, help="Peak fine-tuning learning rate."),
+    optimizer: OptimizerName = typer.Option("sgd", help="SGD with Nesterov momentum, or AdamW."),
+    momentum: float = typer.Option(0.9, help="SGD momentum."),
+    weight_decay: float = typer.Option(5e-4, help="Weight decay on weights (not biases or BN)."),
+    schedule: ScheduleName = typer.Option("cosine", help="Learning-rate schedule, stepped every batch."),
+    label_smoothing: float = typer.Option(0.0, help="Label smoothing of the fine-tuning loss."),
+    seed: int = typer.Option(0, help="Seed of the batches, the calibration subset, random importance."),
+    device: Device = DeviceName.auto,
+    precision: PrecisionOption = PrecisionName.auto,
+    sync_bn: SyncBn = False,
+    distill: Distill = False,
+    distill_temperature: DistillTemperature = 4.0,
+    distill_weight: DistillWeight = 0.9,
+    teacher: Teacher = None,
+    data_dir: RunDataDir = None,
+    download: Download = True,
+    bench_seconds: BenchSeconds = 1.0,
+    threads: Threads = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+    trust_factory: TrustFactory = False,
+) -> None:
+    """Remove whole channels (torch-pruning), fine-tune, and report the savings."""
+    from compresskit.compress import PruneConfig
+    from compresskit.jobs import prune_run
+    from compresskit.train import TrainConfig
+
+    def start(source: Path, out: Path, options: "JobOptions", progress: "Progress") -> dict:
+        cfg = PruneConfig(
+            ratio=ratio, importance=importance.value, scope=scope.value, allocate=allocate.value,
+            steps=steps, round_to=round_to, max_layer_ratio=max_layer_ratio, seed=seed,
+        )  # fmt: skip
+        finetune = TrainConfig(
+            epochs=finetune_epochs, batch_size=batch_size, lr=lr, optimizer=optimizer.value,
+            momentum=momentum, weight_decay=weight_decay, schedule=schedule.value,
+            label_smoothing=label_smoothing, seed=seed, device=device.value, precision=precision.value,
+            sync_bn=sync_bn,
+        )  # fmt: skip
+        return prune_run(
+            source, out, cfg, finetune, calibration_samples=calibration_samples, options=options,
+            progress=progress,
+        )  # fmt: skip
+
+    done = _compression_run(
+        ctx, "prune", start,
+        checkpoint=checkpoint, out=out, resume=resume, quiet=quiet, trust_factory=trust_factory,
+        options=_job_options(data_dir, download, bench_seconds, threads, overwrite, distill, teacher,
+                             distill_temperature, distill_weight),
+    )  # fmt: skip
+    if done is None:
+        return
+    result, out = done
+    _print_report(result["table"], f"pruned → {escape(str(out))}")
+    _print_table(
+        "pruning",
+        [
+            ("conv widths", str(result["conv_widths"]))
+            if "conv_widths" in result
+            else ("channels", str(result.get("channels"))),
+            ("written", f"{out}/ (checkpoint.pt, pruned.pt, report.md, report.csv, widths.csv, curves.png)"),
+        ],
+    )
+
+
+def lowrank(
+    ctx: typer.Context,
+    checkpoint: Source = None,
+    out: Path | None = typer.Option(None, "--out", help="Run directory to create for the factorized model."),
+    resume: ResumeOut = None,
+    energy: float | None = typer.Option(None, help="Keep this fraction of Σσ² per layer, in (0, 1]."),
+    rank_ratio: float | None = typer.Option(None, help="Rank = this fraction of full rank, in (0, 1]."),
+    layers: str = typer.Option("all", help="all, or a comma list such as block5,block6,fc1."),
+    finetune_epochs: FinetuneEpochs = 10,
+    lr: FinetuneLr = 0.01,
+    seed: Seed = 0,
+    device: Device = DeviceName.auto,
+    precision: PrecisionOption = PrecisionName.auto,
+    sync_bn: SyncBn = False,
+    distill: Distill = False,
+    distill_temperature: DistillTemperature = 4.0,
+    distill_weight: DistillWeight = 0.9,
+    teacher: Teacher = None,
+    data_dir: RunDataDir = None,
+    download: Download = True,
+    bench_seconds: BenchSeconds = 1.0,
+    threads: Threads = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+    trust_factory: TrustFactory = False,
+) -> None:
+    """Truncated-SVD factorization of conv and linear layers, then fine-tuning and a report."""
+    from compresskit.compress.lowrank import LowRankConfig
+    from compresskit.jobs import lowrank_run
+
+    def start(source: Path, out: Path, options: "JobOptions", progress: "Progress") -> dict:
+        cfg = LowRankConfig(
+            rank_ratio=rank_ratio, energy=0.9 if energy is None and rank_ratio is None else energy,
+            layers=layers,
+        )  # fmt: skip
+        return lowrank_run(
+            source, out, cfg, _finetune_config(finetune_epochs, lr, seed, device, precision, sync_bn),
+            options=options, progress=progress,
+        )  # fmt: skip
+
+    done = _compression_run(
+        ctx, "lowrank", start,
+        checkpoint=checkpoint, out=out, resume=resume, quiet=quiet, trust_factory=trust_factory,
+        options=_job_options(data_dir, download, bench_seconds, threads, overwrite, distill, teacher,
+                             distill_temperature, distill_weight),
+    )  # fmt: skip
+    if done is None:
+        return
+    result, out = done
+    _print_report(result["table"], f"factorized → {escape(str(out))}")
+    written = f"{out}/ (checkpoint.pt, factorized.pt, ranks.csv, report.md, report.csv)"
+    _print_table("low-rank", [("written", written)])
+
+
+def depth(
+    ctx: typer.Context,
+    checkpoint: Source = None,
+    out: Path | None = typer.Option(None, "--out", help="Run directory to create for the shallower model."),
+    resume: ResumeOut = None,
+    min_gain: float = typer.Option(0.01, help="Keep blocks up to the last whose test-CSI gain exceeds this."),
+    keep_blocks: int | None = typer.Option(None, help="Keep exactly this many conv blocks instead."),
+    samples: int = typer.Option(1000, help="Class-balanced test images for the CSI per block."),
+    finetune_epochs: FinetuneEpochs = 10,
+    lr: FinetuneLr = 0.01,
+    seed: Seed = 0,
+    device: Device = DeviceName.auto,
+    precision: PrecisionOption = PrecisionName.auto,
+    sync_bn: SyncBn = False,
+    distill: Distill = False,
+    distill_temperature: DistillTemperature = 4.0,
+    distill_weight: DistillWeight = 0.9,
+    teacher: Teacher = None,
+    data_dir: RunDataDir = None,
+    download: Download = True,
+    bench_seconds: BenchSeconds = 1.0,
+    threads: Threads = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+    trust_factory: TrustFactory = False,
+) -> None:
+    """Remove the conv blocks after test CSI stops growing, attach a fresh head, fine-tune, report."""
+    from compresskit.jobs import depth_run
+
+    def start(source: Path, out: Path, options: "JobOptions", progress: "Progress") -> dict:
+        return depth_run(
+            source, out, _finetune_config(finetune_epochs, lr, seed, device, precision, sync_bn),
+            min_gain=min_gain, keep_blocks=keep_blocks, samples=samples, options=options, progress=progress,
+        )  # fmt: skip
+
+    done = _compression_run(
+        ctx, "depth", start,
+        checkpoint=checkpoint, out=out, resume=resume, quiet=quiet, trust_factory=trust_factory,
+        options=_job_options(data_dir, download, bench_seconds, threads, overwrite, distill, teacher,
+                             distill_temperature, distill_weight),
+    )  # fmt: skip
+    if done is None:
+        return
+    result, out = done
+    view = Table(box=box.SIMPLE_HEAD, title="test CSI per block", title_justify="left")
+    for column in ("block", "test CSI", "gain", "kept"):
+        view.add_column(column, justify="left" if column == "block" else "right")
+    for row in result["depth"].itertuples():
+        view.add_row(row.block, f"{row.csi_test:.3f}", f"{row.gain:+.3f}", "yes" if row.kept else "removed")
+    console.print(view)
+    _print_report(result["table"], f"shortened → {escape(str(out))}")
