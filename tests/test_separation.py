@@ -19,7 +19,7 @@ import pytest
 import torch
 from sklearn.neighbors import NearestCentroid, NearestNeighbors
 
-from compresskit.analysis import separation
+from compresskit.analysis import nearest
 from compresskit.analysis.separation import (
     StreamingCenterSeparation,
     center_separation_by_class,
@@ -195,14 +195,14 @@ def test_si_never_builds_an_n_by_n_block(monkeypatch: pytest.MonkeyPatch) -> Non
     x, y = _dataset("ties")
     n = len(y)
     shapes: list[tuple[int, int]] = []
-    real = separation._distance_block
+    real = nearest._distance_block
 
     def recording(rows, rows_sq, others, others_sq):
         block = real(rows, rows_sq, others, others_sq)
         shapes.append(tuple(block.shape))
         return block
 
-    monkeypatch.setattr(separation, "_distance_block", recording)
+    monkeypatch.setattr(nearest, "_distance_block", recording)
     assert separation_index(x, y, 3, chunk_size=7) == _mean(_ref_si_per_sample("ties", 3, False))
     assert len(shapes) == math.ceil(n / 7)
     assert all(rows <= 7 and cols == n for rows, cols in shapes)
@@ -287,7 +287,7 @@ def test_streaming_in_small_chunks_of_any_layout_matches_the_double_loop(
     name: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # 7 values per chunk: a 2×2×2 sample (8 values) is one row per chunk, and a batch spans many.
-    monkeypatch.setattr(separation, "_CHUNK_VALUES", 7)
+    monkeypatch.setattr(nearest, "_CHUNK_VALUES", 7)
     if dtype == torch.float16 and name == "far_clusters":
         pytest.skip("±1e8 is beyond float16")
     x, y = _dataset(name)
@@ -306,7 +306,7 @@ def test_streaming_in_small_chunks_of_any_layout_matches_the_double_loop(
 
 
 def test_streaming_runs_inside_and_outside_inference_mode(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(separation, "_SCRATCH", separation._Scratch())  # its buffer is made below
+    monkeypatch.setattr(nearest, "_SCRATCH", nearest._Scratch())  # its buffer is made below
     x, y = _dataset("blobs")
     features, labels = torch.from_numpy(x).float(), torch.from_numpy(y)
     with torch.inference_mode():
