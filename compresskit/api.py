@@ -89,10 +89,7 @@ def analyze(
     from compresskit.analysis.sampling import SampleBatches, collect_samples
     from compresskit.progress import Progress
 
-    try:
-        chosen = select_layers(model, layers)
-    except ValueError as exc:  # a ConvNet's preset or regex
-        raise CompresskitError(str(exc).replace("--layers", "layers")) from None
+    chosen = select_layers(model, layers)  # bad input: an error naming `layers`
     splits = {}
     for name, loader in (("train_loader", train_loader), ("test_loader", test_loader)):
         if loader is not None:

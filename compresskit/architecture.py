@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from compresskit.errors import CompresskitError
+from compresskit.errors import CompresskitError, ParameterError
 from compresskit.models import ConvNet, ModelSpec
 
 # compresskit.models rather than all of compresskit: other compresskit functions write files.
@@ -124,10 +124,11 @@ class Architecture:
             return ConvNet(self.spec)
         assert self.factory is not None
         if not is_trusted(self.factory, trust_factory):
-            raise CompresskitError(
+            raise ParameterError(
                 f"{where} names the model factory '{self.factory}', outside the trusted modules "
-                f"({', '.join(TRUSTED_MODULES)}), so it was not imported; if you trust that code, pass "
-                f"trust_factory='{self.factory}' (on the command line: --trust-factory)."
+                f"({', '.join(TRUSTED_MODULES)}), so it was not imported; if you trust that code, allow "
+                "it with {0}.",
+                "trust_factory",
             )
         module_name, _, function = self.factory.partition(":")
         try:
@@ -141,6 +142,8 @@ class Architecture:
             raise CompresskitError(f"{where} names the factory '{self.factory}', which is not a function.")
         try:
             model = fn(**self.kwargs)
+        except ParameterError:  # the factory names its own bad argument (compresskit.zoo's)
+            raise
         except (TypeError, ValueError) as exc:
             raise CompresskitError(f"{where} calls {self.describe()}, which fails: {exc}") from None
         if not isinstance(model, nn.Module):

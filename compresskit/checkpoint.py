@@ -27,7 +27,7 @@ from torch import nn
 
 from compresskit.architecture import Architecture, Trust
 from compresskit.edits import apply_edits, check_edits
-from compresskit.errors import CompresskitError
+from compresskit.errors import CompresskitError, ParameterError
 from compresskit.models import ConvNet, ModelSpec
 
 FORMAT = "compresskit.checkpoint"
@@ -176,9 +176,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     if not path.is_file():
-        raise CompresskitError(
-            f"--checkpoint {path} does not exist; give a run directory holding "
-            f"{CHECKPOINT_NAME} or a .pt file that compresskit wrote."
+        raise ParameterError(
+            f"{{0}} {path} does not exist; give a run directory holding "
+            f"{CHECKPOINT_NAME} or a .pt file that compresskit wrote.",
+            "path",
         )
     return path
 
@@ -189,24 +190,28 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
-        raise CompresskitError(
-            f"--checkpoint {path} is not a compresskit checkpoint (it could not be read as one)."
+        raise ParameterError(
+            f"{{0}} {path} is not a compresskit checkpoint (it could not be read as one).", "path"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CompresskitError(f"--checkpoint {path} is not a compresskit checkpoint (no '{FORMAT}' marker).")
+        raise ParameterError(f"{{0}} {path} is not a compresskit checkpoint (no '{FORMAT}' marker).", "path")
     version = payload.get("version")
     if isinstance(version, bool) or version not in READABLE_VERSIONS:
-        raise CompresskitError(
-            f"--checkpoint {path} has format version {version}; "
-            f"this compresskit reads versions {', '.join(map(str, READABLE_VERSIONS))}."
+        raise ParameterError(
+            f"{{0}} {path} has format version {version}; "
+            f"this compresskit reads versions {', '.join(map(str, READABLE_VERSIONS))}.",
+            "path",
         )
     state = payload.get("state_dict")
     if not isinstance(state, dict):
-        raise CompresskitError(f"--checkpoint {path} has no state_dict of tensors.")
+        raise ParameterError(f"{{0}} {path} has no state_dict of tensors.", "path")
     if version == ARCHITECTURE_VERSION:
-        where = f"--checkpoint {path}"
-        arch = Architecture.from_dict(payload.get("architecture"), where)
-        edits = check_edits(payload.get("edits"), where)
+        try:  # the records' errors start with `where`: the file, named as the parameter `path`
+            where = f"{{0}} {path}"
+            arch = Architecture.from_dict(payload.get("architecture"), where)
+            edits = check_edits(payload.get("edits"), where)
+        except CompresskitError as exc:
+            raise ParameterError(str(exc), "path") from None
         training = payload.get("training")
         return Checkpoint(spec=arch.spec, state_dict=state, meta=payload.get("meta") or {}, path=path,
                           factory=arch.factory, factory_kwargs=arch.kwargs, edits=edits,
@@ -215,7 +220,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     try:
         spec = ModelSpec.from_dict(payload.get("spec"))
     except (CompresskitError, TypeError) as exc:
-        raise CompresskitError(f"--checkpoint {path} has an invalid model spec: {exc}") from None
+        raise ParameterError(f"{{0}} {path} has an invalid model spec: {exc}", "path") from None
     training = payload.get("training")
     return Checkpoint(spec=spec, state_dict=state, meta=payload.get("meta") or {}, path=path,
                       training=training if isinstance(training, dict) else None)  # fmt: skip

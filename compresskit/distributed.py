@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from compresskit.errors import CompresskitError
+from compresskit.errors import CompresskitError, ParameterError
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -151,28 +151,32 @@ def broadcast_buffers(module: nn.Module) -> None:
         dist.broadcast(buffer, src=0)
 
 
-def check_batch_size(batch_size: int, flag: str = "--batch-size") -> None:
-    """Refuse a global batch size that torchrun's processes cannot split evenly."""
+def check_batch_size(batch_size: int, flag: str | None = None) -> None:
+    """Refuse a global batch size that torchrun's processes cannot split evenly. The message names
+    the parameter `batch_size`, or `flag` where the caller spells it its own way."""
     world = world_size()
     if world > 1 and batch_size % world:
-        raise CompresskitError(
-            f"{flag} {batch_size} is not divisible by the {world} processes torchrun started; "
-            f"give a multiple of {world} (each process takes {flag} / {world} images per step)."
+        message = (
+            f"{{0}} {batch_size} is not divisible by the {world} processes torchrun started; "
+            f"give a multiple of {world} (each process takes {{0}} / {world} images per step)."
         )
+        if flag is not None:
+            raise CompresskitError(message.replace("{0}", flag))
+        raise ParameterError(message, "batch_size")
 
 
 def check_sync_bn(sync_bn: bool, device: torch.device) -> None:
-    """Refuse ``--sync-bn`` where it cannot work: without torchrun, or on the CPU (torch's
+    """Refuse `sync_bn` where it cannot work: without torchrun, or on the CPU (torch's
     SyncBatchNorm synchronises only GPU batches)."""
     if not sync_bn:
         return
     if world_size() <= 1:
-        raise CompresskitError(
-            "--sync-bn synchronises batch norm across processes; it needs torchrun with 2 or more."
+        raise ParameterError(
+            "{0} synchronises batch norm across processes; it needs torchrun with 2 or more.", "sync_bn"
         )
     if device.type != "cuda":
-        raise CompresskitError(
-            "--sync-bn needs CUDA devices: torch's SyncBatchNorm does not synchronise CPU batches."
+        raise ParameterError(
+            "{0} needs CUDA devices: torch's SyncBatchNorm does not synchronise CPU batches.", "sync_bn"
         )
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from compresskit.compress.depth import truncated_spec
-from compresskit.errors import CompresskitError
+from compresskit.errors import ParameterError
 from compresskit.models import ConvNet, ModelSpec, build_model, count_parameters
 from compresskit.train import FitResult, TrainConfig, TrainingState, fit
 
@@ -28,7 +28,8 @@ from compresskit.train import FitResult, TrainConfig, TrainingState, fit
 @dataclass
 class LayerwiseConfig:
     """`stage_epochs`: one count for every stage, or one per conv block. `aug_switch`:
-    ``(stage, recipe)`` — from that stage on, train with the `--augment` recipe given."""
+    ``(stage, recipe)`` — from that stage on, train with the augmentation recipe given (as
+    `Augmentation.parse` reads it)."""
 
     freeze: bool = True
     stage_epochs: list[int] = field(default_factory=lambda: [7])
@@ -39,15 +40,17 @@ class LayerwiseConfig:
         """Epochs of each of `blocks` stages; refuses a list that does not fit the model."""
         epochs = self.stage_epochs * blocks if len(self.stage_epochs) == 1 else list(self.stage_epochs)
         if len(epochs) != blocks:
-            raise CompresskitError(
-                f"--stage-epochs lists {len(self.stage_epochs)} values but the model has {blocks} conv "
-                "blocks; give one value, or one per block."
+            raise ParameterError(
+                f"{{0}} lists {len(self.stage_epochs)} values but the model has {blocks} conv "
+                "blocks; give one value, or one per block.",
+                "stage_epochs",
             )
         if any(e <= 0 for e in epochs):
-            raise CompresskitError(f"--stage-epochs {self.stage_epochs}: every value must be positive.")
+            raise ParameterError(f"{{0}} must all be positive; got {self.stage_epochs}.", "stage_epochs")
         if self.aug_switch is not None and not 1 <= self.aug_switch[0] <= blocks:
-            raise CompresskitError(
-                f"--aug-switch stage {self.aug_switch[0]} does not exist; the model has stages 1 to {blocks}."
+            raise ParameterError(
+                f"{{0}} must name one of the model's stages 1 to {blocks}; got stage {self.aug_switch[0]}.",
+                "aug_switch",
             )
         return epochs
 
@@ -58,7 +61,8 @@ class LayerwiseConfig:
             return None
         stage, sep, recipe = text.partition(":")
         if not sep or not stage.strip().isdigit() or not recipe.strip():
-            raise CompresskitError(f"--aug-switch '{text}' must look like STAGE:RECIPE, e.g. 4:jitter.")
+            message = f"{{0}} must look like STAGE:RECIPE, e.g. 4:jitter; got '{text}'."
+            raise ParameterError(message, "aug_switch")
         return int(stage), recipe.strip()
 
     @staticmethod
@@ -66,10 +70,10 @@ class LayerwiseConfig:
         try:
             values = [int(v) for v in text.split(",") if v.strip()]
         except ValueError:
-            message = f"--stage-epochs '{text}' must be an integer or a comma list of them."
-            raise CompresskitError(message) from None
+            values = []
         if not values:
-            raise CompresskitError("--stage-epochs is empty.")
+            message = f"{{0}} must be an integer or a comma list of them; got '{text}'."
+            raise ParameterError(message, "stage_epochs")
         return values
 
 

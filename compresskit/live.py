@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from compresskit.errors import CompresskitError
+from compresskit.errors import CompresskitError, ParameterError
 from compresskit.train import TrainingState
 
 TENSORBOARD_EXTRA = "pip install 'compresskit[tensorboard]'"
@@ -37,12 +37,14 @@ class TensorBoardLog:
 
     @staticmethod
     def check_available() -> None:
-        """A clear error, naming the flag and the extra, when tensorboard is not installed."""
+        """A clear error, naming the `tensorboard` option and the extra, when the package is not
+        installed."""
         try:
             import tensorboard  # noqa: F401
         except ImportError:
-            raise CompresskitError(
-                f"--tensorboard needs the optional tensorboard package; install it with {TENSORBOARD_EXTRA}."
+            raise ParameterError(
+                f"{{0}} needs the optional tensorboard package; install it with {TENSORBOARD_EXTRA}.",
+                "tensorboard",
             ) from None
 
     def step(self, step: int, loss: float) -> None:

@@ -31,7 +31,7 @@ import torch
 
 from compresskit import __version__
 from compresskit.data import stratified_split
-from compresskit.errors import CompresskitError
+from compresskit.errors import CompresskitError, ParameterError
 
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.json"
@@ -116,11 +116,11 @@ def check_resumable(folder: Path, command: str) -> RunMarker:
     marker = read_marker(folder)
     if marker is None or marker.command != command:
         made = f"no {RUN_FILE}" if marker is None else f"a {marker.command} run"
-        raise CompresskitError(f"--resume {folder} is not a compresskit {command} run directory ({made}).")
+        raise ParameterError(f"{{0}} {folder} is not a compresskit {command} run directory ({made}).", "run")
     if marker.state == "finished":
-        raise CompresskitError(f"--resume {folder} has already finished; there is nothing to continue.")
+        raise ParameterError(f"{{0}} {folder} has already finished; there is nothing to continue.", "run")
     if marker.state == "running" and marker.host == socket.gethostname() and _alive(marker.pid):
-        raise CompresskitError(f"--resume {folder} is still running (process {marker.pid}); stop it first.")
+        raise ParameterError(f"{{0}} {folder} is still running (process {marker.pid}); stop it first.", "run")
     return marker
 
 
@@ -146,28 +146,29 @@ def check_output(out: Path, command: str, *, overwrite: bool, inputs: Sequence[P
     empty folder, or, with `overwrite`, a folder whose marker says `command` made it and that holds
     none of `inputs` (nor is it, or a folder above, one of them). Nothing is touched here."""
     out = Path(out)
-    flag = "--out"
     if out.exists() and not out.is_dir():
-        raise CompresskitError(f"{flag} {out} exists and is not a directory; choose a new folder.")
+        raise ParameterError(f"{{0}} {out} exists and is not a directory; choose a new folder.", "out")
     for given in inputs:
         if _inside(Path(given), out):
-            raise CompresskitError(
-                f"{flag} {out} holds or is one of this command's inputs ({given}); choose a new folder."
+            raise ParameterError(
+                f"{{0}} {out} holds or is one of this command's inputs ({given}); choose a new folder.", "out"
             )
     if not out.is_dir() or not any(out.iterdir()):
         return
     marker = read_marker(out)
     if marker is None or marker.command != command:
         made_by = "something other than compresskit" if marker is None else f"compresskit {marker.command}"
-        raise CompresskitError(
-            f"{flag} {out} already exists and was made by {made_by}; compresskit {command} only "
-            "writes to a new folder (or, with --overwrite, replaces its own earlier output)."
-        )
+        raise ParameterError(
+            f"{{0}} {out} already exists and was made by {made_by}; compresskit {command} only "
+            "writes to a new folder (or, with {1}, replaces its own earlier output).",
+            "out", "overwrite",
+        )  # fmt: skip
     if not overwrite:
-        raise CompresskitError(
-            f"{flag} {out} already holds an earlier {command} output; choose a new folder or pass "
-            "--overwrite."
-        )
+        raise ParameterError(
+            f"{{0}} {out} already holds an earlier {command} output; choose a new folder, or replace it "
+            "with {1}.",
+            "out", "overwrite",
+        )  # fmt: skip
 
 
 def create_output(out: Path, command: str, *, overwrite: bool, inputs: Sequence[Path] = ()) -> Path:
@@ -257,10 +258,11 @@ class SplitRecord:
         """(train, validation) indices into `labels`, rebuilt and checked against the record."""
         keep, held = stratified_split(labels, self.val_fraction, self.seed)
         if (len(keep), len(held)) != (self.train_count, self.val_count) or _hash(held) != self.val_hash:
-            raise CompresskitError(
+            raise ParameterError(
                 f"{where} records a {self.train_count}/{self.val_count} train/validation split that the "
                 f"dataset found now does not reproduce (got {len(keep)}/{len(held)}, or other images); "
-                "point --data-dir at the data the run was trained on."
+                "point {0} at the data the run was trained on.",
+                "data_dir",
             )
         return keep, held
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from compresskit.errors import CompresskitError
+from compresskit.errors import CompresskitError, ParameterError
 
 LIST_HINT = 'python -c "import torchvision; print(torchvision.models.list_models(module=torchvision.models))"'
 _DOWNLOADS = ("weights", "pretrained", "weights_backbone", "pretrained_backbone")
@@ -36,9 +36,10 @@ def torchvision_names() -> list[str]:
 def check_torchvision_name(name: object) -> str:
     """`name` if torchvision builds a classification model of that name, else CompresskitError."""
     if not isinstance(name, str) or name not in torchvision_names():
-        raise CompresskitError(
-            f"--model torchvision:{name} names no torchvision classification model; list the valid "
-            f"names with: {LIST_HINT}."
+        raise ParameterError(
+            f"{{0}} must name a torchvision classification model (list them with: {LIST_HINT}); "
+            f"got {name!r}.",
+            "name",
         )
     return name
 
@@ -58,13 +59,14 @@ def torchvision_model(
 
     check_torchvision_name(name)
     if not isinstance(kwargs, (dict, type(None))) or not all(isinstance(k, str) for k in kwargs or {}):
-        raise CompresskitError("--model-kwargs must be a JSON object whose keys are argument names.")
+        raise ParameterError(f"{{0}} must be a dict whose keys are argument names; got {kwargs!r}.", "kwargs")
     extra = dict(kwargs or {})
     downloads = [k for k in _DOWNLOADS if extra.get(k) not in (None, False)]
     if downloads or "num_classes" in extra:
-        raise CompresskitError(
-            f"--model-kwargs sets {', '.join(downloads) or 'num_classes'}, which compresskit sets itself "
-            "(no weights are downloaded; the classes come from the dataset)."
+        raise ParameterError(
+            f"{{0}} sets {', '.join(downloads) or 'num_classes'}, which compresskit sets itself "
+            "(no weights are downloaded; the classes come from the dataset).",
+            "kwargs",
         )
     for key in _DOWNLOADS:  # set to None or False: nothing to download, torchvision's default
         extra.pop(key, None)
@@ -73,7 +75,7 @@ def torchvision_model(
     try:
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **extra)
     except (TypeError, ValueError) as exc:
-        raise CompresskitError(f"--model-kwargs do not fit torchvision's {name}: {exc}") from None
+        raise ParameterError(f"{{0}} do not fit torchvision's {name}: {exc}", "kwargs") from None
     if cifar_stem:
         _cifar_stem(model, name)
     if in_channels != 3:
@@ -91,9 +93,10 @@ def _cifar_stem(model: nn.Module, name: str) -> None:
         and isinstance(pool, nn.MaxPool2d)
     )
     if not is_stem:
-        raise CompresskitError(
-            f"--cifar-stem replaces a 7×7 stride-2 conv1 and the maxpool after it (as in ResNets), "
-            f"which torchvision's {name} does not have; drop the flag."
+        raise ParameterError(
+            f"{{0}} replaces a 7×7 stride-2 conv1 and the maxpool after it (as in ResNets), "
+            f"which torchvision's {name} does not have; leave {{0}} off.",
+            "cifar_stem",
         )
     model.conv1 = nn.Conv2d(conv.in_channels, conv.out_channels, 3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()

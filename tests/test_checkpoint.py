@@ -103,8 +103,8 @@ def _expect_refusal(path, *fragments: str) -> str:
 
 
 def test_missing_path(tmp_path):
-    _expect_refusal(tmp_path / "nope.pt", "--checkpoint", "nope.pt")
-    _expect_refusal(tmp_path, "--checkpoint", CHECKPOINT_NAME)  # a directory without one
+    assert _expect_refusal(tmp_path / "nope.pt", "nope.pt").startswith("path ")
+    _expect_refusal(tmp_path, "path ", CHECKPOINT_NAME, "does not exist")  # a directory without one
 
 
 def test_random_bytes(tmp_path):

@@ -88,14 +88,15 @@ def test_loss_edges_and_the_teacher_runs_without_gradients_in_eval_mode():
 @pytest.mark.parametrize(
     ("make", "flag"),
     [
-        (lambda: Distillation(torch.nn.Identity(), temperature=0.0), "--distill-temperature 0.0"),
-        (lambda: Distillation(torch.nn.Identity(), temperature=-1.0), "--distill-temperature -1.0"),
-        (lambda: Distillation(torch.nn.Identity(), weight=1.5), "--distill-weight 1.5"),
-        (lambda: JobOptions(distill=True, distill_weight=-0.1).validate(), "--distill-weight -0.1"),
+        # the library names its parameters; the jobs' options name their flags
+        (lambda: Distillation(torch.nn.Identity(), temperature=0.0), "temperature must be a positive number"),
+        (lambda: Distillation(torch.nn.Identity(), temperature=-1.0), "temperature must be a positive"),
+        (lambda: Distillation(torch.nn.Identity(), weight=1.5), "weight must be"),
+        (lambda: JobOptions(distill=True, distill_weight=-0.1).validate(), "weight must be in [0, 1]"),
         (lambda: JobOptions(teacher="big.pt").validate(), "--teacher big.pt"),
     ],
 )
-def test_bad_distillation_settings_name_their_flag(make, flag):
+def test_bad_distillation_settings_name_their_parameter_or_flag(make, flag):
     with pytest.raises(CompresskitError) as info:
         make()
     assert str(info.value).startswith(flag)
@@ -164,6 +165,7 @@ def _depth(source: Path, out: Path, **distill) -> dict:
     )
 
 
+@pytest.mark.slow
 def test_a_distilling_compressed_run_resumes_with_its_recorded_teacher(runs, tmp_path, monkeypatch):
     import compresskit.jobs.common as common_job
     import compresskit.jobs.compress.finetune as compress_job  # fine_tune's EpochRecorder, finish's curves
@@ -207,8 +209,11 @@ def _history(run: Path) -> pd.DataFrame:
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["--distill", "--distill-temperature", "0"], "--distill-temperature 0.0 must be a positive number"),
-        (["--distill", "--distill-weight", "1.2"], "--distill-weight 1.2 is outside [0, 1]"),
+        (
+            ["--distill", "--distill-temperature", "0"],
+            "--distill-temperature must be a positive number, e.g. 4; got 0.0",
+        ),
+        (["--distill", "--distill-weight", "1.2"], "--distill-weight must be in [0, 1]; got 1.2"),
         (["--distill", "--teacher", "nowhere.pt"], "--teacher nowhere.pt does not exist"),
         (["--teacher", "nowhere.pt"], "--teacher nowhere.pt names a model to distill from; add --distill"),
     ],

@@ -117,7 +117,7 @@ def test_refusals():
         lowrank_model(model, energy=0.9, rank_ratio=0.5)
     with pytest.raises(CompresskitError, match="exactly one"):
         lowrank_model(model)
-    with pytest.raises(CompresskitError, match="--energy"):
+    with pytest.raises(CompresskitError, match=r"^energy must be in \(0, 1\]; got 1\.5"):
         lowrank_model(model, energy=1.5)
     with pytest.raises(CompresskitError, match=r"names no conv or linear layer.*nope"):
         lowrank_model(model, energy=0.9, layers=["0", "nope"])

@@ -419,7 +419,7 @@ def test_check_output_refuses_an_earlier_own_output_without_overwrite(tmp_path):
     before = snapshot(out)
     with pytest.raises(CompresskitError) as err:
         check_output(out, "prune", overwrite=False)
-    assert "--overwrite" in str(err.value)
+    assert str(err.value).endswith("choose a new folder, or replace it with overwrite.")
     assert snapshot(out) == before
 
 

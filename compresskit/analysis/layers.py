@@ -45,7 +45,7 @@ from compresskit.analysis.separation import (
     separation_index,
 )
 from compresskit.data import Loader
-from compresskit.errors import CompresskitError
+from compresskit.errors import CompresskitError, ParameterError
 from compresskit.models import ConvNet
 from compresskit.progress import Progress
 
@@ -64,8 +64,8 @@ def parse_metrics(text: str) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
     unknown = [name for name in names if name not in METRICS]
     if unknown or not names:
-        raise CompresskitError(
-            f"--metrics '{text}' is not allowed; give a comma list of {', '.join(METRICS)}, or none."
+        raise ParameterError(
+            f"{{0}} must be a comma list of {', '.join(METRICS)}, or none; got '{text}'.", "metrics"
         )
     return names
 

@@ -34,7 +34,7 @@ every layer is named by its module path (``layer1.0.conv2``):
 A module chosen by a regular expression or a list must run in the forward pass and return a tensor,
 or the probe refuses it; a preset's unit that does not is left out instead. A ConvNet takes a list of
 paths too (its blocks keep their names). Bad input raises `CompresskitError` naming ``layers``;
-a ConvNet's bad preset or regex raises ValueError as it always has.
+a ConvNet's bad preset or regex a `ParameterError`, also a ValueError as it always was.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from compresskit.errors import CompresskitError
+from compresskit.errors import CompresskitError, ParameterError
 from compresskit.models import FACTORIZED, ConvNet
 
 LAYER_PRESETS = ("blocks", "pools", "all")
@@ -97,7 +97,7 @@ def select_layers(model: nn.Module, layers: str | Sequence[str] | None = None) -
     for a `ConvNet`, ``all`` for any other module.
 
     Raises `CompresskitError` for an unknown path, an invalid regular expression or one that
-    matches nothing (a ConvNet's bad preset or regex: ValueError, as before).
+    matches nothing (a ConvNet's bad preset or regex: `ParameterError`, a ValueError as before).
     """
     if not isinstance(model, nn.Module):
         raise CompresskitError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
@@ -120,16 +120,18 @@ def _select_convnet(model: ConvNet, selection: str) -> list[Layer]:
         try:
             pattern = re.compile(selection)
         except re.error as exc:
-            raise ValueError(
-                f"--layers '{selection}' is neither a preset ({', '.join(LAYER_PRESETS)}) "
-                f"nor a valid regular expression ({exc})."
+            raise ParameterError(
+                f"{{0}} '{selection}' is neither a preset ({', '.join(LAYER_PRESETS)}) "
+                f"nor a valid regular expression ({exc}).",
+                "layers",
             ) from None
         chosen = [r for r in rows if pattern.search(r[1])]
     if not chosen:
         paths = ", ".join(r[1] for r in rows[:12]) + (", …" if len(rows) > 12 else "")
-        raise ValueError(
-            f"--layers '{selection}' matches no layer of this model; use a preset "
-            f"({', '.join(LAYER_PRESETS)}) or a regex over module paths such as: {paths}."
+        raise ParameterError(
+            f"{{0}} '{selection}' matches no layer of this model; use a preset "
+            f"({', '.join(LAYER_PRESETS)}) or a regex over module paths such as: {paths}.",
+            "layers",
         )
     return [Layer(name, path, module) for name, path, module, _ in chosen]
 

@@ -3,7 +3,7 @@ errors and `CompresskitError` alike), and `main`. The commands are registered on
 package (`compresskit/cli/__init__.py`)."""
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import typer
@@ -15,8 +15,9 @@ except ImportError:  # older typer depends on click itself
     from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 from rich.markup import escape
 
+from compresskit.cli.flags import flag_of
 from compresskit.cli.render import err_console
-from compresskit.errors import CompresskitError
+from compresskit.errors import CompresskitError, ParameterError
 
 
 def _version(value: bool) -> None:
@@ -73,10 +74,11 @@ def _main(
 
 
 @contextmanager
-def user_errors(trust_factory: bool = False) -> Iterator[None]:
+def user_errors(trust_factory: bool = False, flags: Mapping[str, str] | None = None) -> Iterator[None]:
     """Turn a `CompresskitError` into one line on stderr and its exit code (2; 130 for a run
-    stopped by a signal). With `trust_factory` (--trust-factory), build whatever model factory the
-    runs read inside the block record."""
+    stopped by a signal); a `ParameterError` names flags, not parameters (`cli.flags.flag_of`, with
+    this command's own `flags` first). With `trust_factory` (--trust-factory), build whatever model
+    factory the runs read inside the block record."""
     from compresskit.architecture import trusting_recorded_factories
 
     try:
@@ -85,7 +87,8 @@ def user_errors(trust_factory: bool = False) -> Iterator[None]:
     except CompresskitError as exc:
         code = getattr(exc, "exit_code", 2)
         label = "stopped" if code == 130 else "error"
-        err_console.print(f"[bold red]{label}:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        text = exc.spelled(lambda name: flag_of(name, flags)) if isinstance(exc, ParameterError) else str(exc)
+        err_console.print(f"[bold red]{label}:[/] {escape(text)}", highlight=False, soft_wrap=True)
         raise typer.Exit(code) from None
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from compresskit.errors import CompresskitError
+from compresskit.errors import CompresskitError, ParameterError
 from compresskit.models import POOL, ConvNet, ModelSpec, build_model
 
 
@@ -30,17 +30,19 @@ def choose_depth(
     gains = [c - p for c, p in zip(csi, [input_csi, *csi[:-1]], strict=True)]
     if keep_blocks is not None:
         if not 1 <= keep_blocks <= len(csi):
-            raise CompresskitError(
-                f"--keep-blocks {keep_blocks} must be between 1 and the model's {len(csi)} conv blocks."
+            raise ParameterError(
+                f"{{0}} must be between 1 and the model's {len(csi)} conv blocks; got {keep_blocks}.",
+                "keep_blocks",
             )
         return keep_blocks, gains
     if min_gain is None:
-        raise CompresskitError("give --min-gain or --keep-blocks.")
+        raise ParameterError("give {0} or {1}.", "min_gain", "keep_blocks")
     above = [i for i, gain in enumerate(gains) if gain > min_gain]
     if not above:
-        raise CompresskitError(
-            f"--min-gain {min_gain} would remove every block: no block raises test CSI by more than "
-            f"that (largest gain {max(gains):.4f})."
+        raise ParameterError(
+            f"{{0}} {min_gain} would remove every block: no block raises test CSI by more than "
+            f"that (largest gain {max(gains):.4f}).",
+            "min_gain",
         )
     return above[-1] + 1, gains
 

@@ -18,18 +18,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compresskit.errors import CompresskitError
+from compresskit.errors import ParameterError
 
 DEFAULT_TEMPERATURE = 4.0
 DEFAULT_WEIGHT = 0.9
 
 
 def check_distill(temperature: float, weight: float) -> None:
-    """Raise `CompresskitError` naming the flag when `temperature` ≤ 0 or `weight` ∉ [0, 1]."""
+    """Raise `ParameterError` naming the parameter when `temperature` ≤ 0 or `weight` ∉ [0, 1]."""
     if not temperature > 0:
-        raise CompresskitError(f"--distill-temperature {temperature} must be a positive number, e.g. 4.")
+        raise ParameterError(f"{{0}} must be a positive number, e.g. 4; got {temperature}.", "temperature")
     if not 0 <= weight <= 1:
-        raise CompresskitError(f"--distill-weight {weight} is outside [0, 1].")
+        raise ParameterError(f"{{0}} must be in [0, 1]; got {weight}.", "weight")
 
 
 def soft_kl(

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from compresskit.errors import CompresskitError
+from compresskit.errors import ParameterError
 from compresskit.models import Block, ConvNet, FactorizedConv2d, FactorizedLinear, ModelSpec
 
 
@@ -37,10 +37,10 @@ class LowRankConfig:
 
     def validate(self) -> None:
         if (self.rank_ratio is None) == (self.energy is None):
-            raise CompresskitError("give exactly one of --rank-ratio and --energy.")
-        for flag, value in (("--rank-ratio", self.rank_ratio), ("--energy", self.energy)):
+            raise ParameterError("give exactly one of {0} and {1}.", "rank_ratio", "energy")
+        for name, value in (("rank_ratio", self.rank_ratio), ("energy", self.energy)):
             if value is not None and not 0.0 < value <= 1.0:
-                raise CompresskitError(f"{flag} {value} is outside the allowed range (0, 1].")
+                raise ParameterError(f"{{0}} must be in (0, 1]; got {value}.", name)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -156,9 +156,10 @@ def factorize(
         chosen = {n.strip() for n in cfg.layers.split(",") if n.strip()}
     unknown = sorted(chosen - set(names))
     if unknown or not chosen:
-        raise CompresskitError(
-            f"--layers '{cfg.layers}' names no layer of this model ({', '.join(unknown) or 'empty'}); "
-            f"choose all or from: {', '.join(names)}."
+        raise ParameterError(
+            f"{{0}} '{cfg.layers}' names no layer of this model ({', '.join(unknown) or 'empty'}); "
+            f"choose all or from: {', '.join(names)}.",
+            "layers",
         )
     pixels = [side * side for side in spec.conv_sides()]
     conv_ranks = list(spec.conv_ranks or [None] * len(spec.conv_widths))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from compresskit.errors import CompresskitError
+from compresskit.errors import ParameterError
 
 _AUGMENT_DEFAULTS = {"crop": 4, "flip": 1, "cutout": 8, "jitter": 0.4, "rotate": 15}
 # What each part's value may be, for the error messages.
@@ -57,28 +57,30 @@ class Augmentation:
         for part in parts:
             key, _, value = part.partition("=")
             if key not in _AUGMENT_DEFAULTS:
-                raise CompresskitError(
-                    f"--augment '{part}' is not known; use a comma list of "
-                    f"{', '.join(_AUGMENT_DEFAULTS)} (each optionally =VALUE), or 'none'."
+                raise ParameterError(
+                    f"{{0}} must be a comma list of {', '.join(_AUGMENT_DEFAULTS)} (each optionally "
+                    f"=VALUE), or 'none'; got '{part}'.",
+                    "augment",
                 )
             if key == "flip" and value:
-                raise CompresskitError(f"--augment '{part}': flip takes no value.")
+                raise ParameterError(f"{{0}} '{part}': flip takes no value.", "augment")
             allowed = f"{key} takes {_AUGMENT_ALLOWED[key]}"
             try:
                 number = float(value) if value else _AUGMENT_DEFAULTS[key]
             except ValueError:
-                raise CompresskitError(f"--augment '{part}': {value!r} is not a number; {allowed}.") from None
+                message = f"{{0}} '{part}': {value!r} is not a number; {allowed}."
+                raise ParameterError(message, "augment") from None
             if not math.isfinite(number):
-                raise CompresskitError(f"--augment '{part}': {allowed}.")
+                raise ParameterError(f"{{0}} '{part}': {allowed}.", "augment")
             if key in ("crop", "cutout") and number != int(number):
-                raise CompresskitError(f"--augment '{part}': {key} takes a whole number of pixels.")
+                raise ParameterError(f"{{0}} '{part}': {key} takes a whole number of pixels.", "augment")
             if number < 0:
-                raise CompresskitError(f"--augment '{part}': the value must not be negative; {allowed}.")
+                raise ParameterError(f"{{0}} '{part}': the value must not be negative; {allowed}.", "augment")
             if key == "rotate" and number > MAX_ROTATION:
-                raise CompresskitError(f"--augment '{part}': {allowed}.")
+                raise ParameterError(f"{{0}} '{part}': {allowed}.", "augment")
             values[key] = number
         if values.get("jitter", 0) >= 1:
-            raise CompresskitError("--augment jitter must be below 1.")
+            raise ParameterError(f"{{0}} jitter must be below 1; got {values['jitter']:g}.", "augment")
         return cls(
             crop_padding=int(values.get("crop", 0)),
             flip=bool(values.get("flip", 0)),

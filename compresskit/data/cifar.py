@@ -12,7 +12,7 @@ import torch
 
 from compresskit.data.dataset import IMAGE_SIZE, ImageSplit
 from compresskit.data.safe_pickle import load_pickle
-from compresskit.errors import CompresskitError
+from compresskit.errors import CompresskitError, ParameterError
 
 CIFAR = {
     # name: (folder, train files, test file, meta file, url)
@@ -77,15 +77,16 @@ def load_cifar(
 ) -> tuple[ImageSplit, ImageSplit, list[str]]:
     folder, train_files, test_file, meta_file, url = CIFAR[name]
     label_key, names_key, n_classes = CIFAR_LABELS[name][label_set]
-    hint = " (needed by --labels coarse)" if label_set == "coarse" else ""
+    hint = " (needed by the coarse labels)" if label_set == "coarse" else ""
     what = "CIFAR-10" if name == "cifar10" else "CIFAR-100"
     base = root if root.name == folder else root / folder
     if not base.is_dir():
         if not download:
-            raise CompresskitError(
-                f"{what} files were not found in {base} and downloading is off (--no-download); "
-                f"download {url} and extract it into {root}, or pass --data-dir DIR holding {folder}/."
-            )
+            raise ParameterError(
+                f"{what} files were not found in {base} and {{1}} is off; download {url} and extract it "
+                f"into {root}, or point {{0}} at a folder holding {folder}/.",
+                "data_dir", "download",
+            )  # fmt: skip
         _download_cifar(name, root, url, folder)
         base = root / folder
     missing = [f for f in [*train_files, test_file, meta_file] if not (base / f).is_file()]
@@ -119,7 +120,8 @@ def _download_cifar(name: str, root: Path, url: str, folder: str) -> None:
         root.mkdir(parents=True, exist_ok=True)
         download_and_extract_archive(cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5)
     except Exception as exc:
-        raise CompresskitError(
+        raise ParameterError(
             f"{name} files were not found in {root / folder} and the download failed ({exc}); "
-            f"download {url} and extract it into {root}, or pass --data-dir DIR holding {folder}/."
+            f"download {url} and extract it into {root}, or point {{0}} at a folder holding {folder}/.",
+            "data_dir",
         ) from None

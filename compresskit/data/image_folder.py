@@ -31,7 +31,7 @@ from PIL import Image
 
 from compresskit.data.dataset import ImageDataset, ImageSplit, channel_stats
 from compresskit.data.registry import FOLDER_PREFIX
-from compresskit.errors import CompresskitError
+from compresskit.errors import CompresskitError, ParameterError
 
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (
@@ -78,9 +78,9 @@ def folder_root(name: str, data_dir: str | Path | None = None) -> Path:
     """The folder of ``folder:PATH`` (`data_dir` replaces PATH when given)."""
     text = name[len(FOLDER_PREFIX) :]
     if not text:
-        raise CompresskitError(
-            "--dataset folder: needs a path, e.g. folder:/data/flowers holding train/CLASS/… "
-            "and test/CLASS/…."
+        raise ParameterError(
+            "{0} folder: needs a path, e.g. folder:/data/flowers holding train/CLASS/… and test/CLASS/….",
+            "dataset",
         )
     return Path(data_dir) if data_dir is not None else Path(text).expanduser()
 
@@ -96,10 +96,11 @@ def check_fits_memory(count: int, channels: int, size: int, where: str) -> None:
     """Refuse `count` uint8 images of `channels`×`size`×`size` that exceed `memory_budget()`."""
     needed, budget = count * channels * size * size, memory_budget()
     if needed > budget:
-        raise CompresskitError(
+        raise ParameterError(
             f"{where} holds {count:,} images that take {needed / 2**30:.3g} GiB as uint8 "
             f"{channels}×{size}×{size} tensors, more than the memory budget of {budget / 2**30:.3g} GiB "
-            "(a quarter of the RAM); use a smaller --image-size or fewer images."
+            "(a quarter of the RAM); use a smaller {0} or fewer images.",
+            "image_size",
         )
 
 
@@ -107,7 +108,7 @@ def load_image_folder(root: str | Path, image_size: int, *, workers: int | None 
     """Decode the image folder `root` (layout and conventions in the module docstring) into uint8
     N×3×`image_size`×`image_size` tensors, with `workers` threads (default: up to 8)."""
     root = Path(root)
-    where = f"--dataset folder:{root}"
+    where = f"image folder {root}"
     if not root.is_dir():
         raise CompresskitError(f"{where}: {root} is not a directory.")
     for split in ("train", "test"):

@@ -21,7 +21,7 @@ from compresskit.data.augment import (
 from compresskit.data.dataset import ImageSplit
 from compresskit.data.split import balanced_subset
 from compresskit.distributed import shard
-from compresskit.errors import CompresskitError
+from compresskit.errors import ParameterError
 
 
 class Loader:
@@ -61,7 +61,7 @@ class Loader:
         world_size: int = 1,
     ) -> None:
         if batch_size <= 0:
-            raise CompresskitError(f"--batch-size {batch_size} must be a positive integer.")
+            raise ParameterError(f"{{0}} must be a positive integer; got {batch_size}.", "batch_size")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
         self.rank, self.world_size = rank, world_size

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from compresskit.data.dataset import ImageSplit
-from compresskit.errors import CompresskitError
+from compresskit.errors import CompresskitError, ParameterError
 
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -77,9 +77,10 @@ def load_idx_pair(name: str, dirs: list[Path]) -> tuple[ImageSplit, ImageSplit]:
         if image_path is None or label_path is None:
             stem = image_stem if image_path is None else label_stem
             hint = " (apt-get install dataset-fashion-mnist)" if name == "fashion-mnist" else ""
-            raise CompresskitError(
+            raise ParameterError(
                 f"{name} file {stem}[.gz] was not found in {dirs[0]}; put the four IDX files "
-                f"there or pass --data-dir DIR holding them{hint}."
+                f"there or point {{0}} at a folder holding them{hint}.",
+                "data_dir",
             )
         images, labels = read_idx(image_path), read_idx(label_path)
         if images.ndim != 3:

@@ -1,5 +1,5 @@
-"""Datasets by name: `DATASET_NAMES` or ``folder:PATH``, the checks of ``--dataset``, ``--labels``
-and ``--image-size``, and `load_dataset`, which hands each name to the module of its source.
+"""Datasets by name: `DATASET_NAMES` or ``folder:PATH``, the checks of the dataset name, `labels`
+and `image_size`, and `load_dataset`, which hands each name to the module of its source.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from compresskit.data.builtin import digits_splits, synthetic_splits
 from compresskit.data.cifar import CIFAR, CIFAR_LABELS, load_cifar
 from compresskit.data.dataset import IMAGE_SIZE, ImageDataset, ImageSplit, channel_stats, to_image_size
 from compresskit.data.mnist import FASHION_MNIST_CLASSES, idx_candidate_dirs, load_idx_pair
-from compresskit.errors import CompresskitError
+from compresskit.errors import ParameterError
 
-FOLDER_PREFIX = "folder:"  # --dataset folder:PATH, an image folder (`image_folder`)
+FOLDER_PREFIX = "folder:"  # the dataset folder:PATH, an image folder (`image_folder`)
 DATASET_NAMES = ("cifar10", "cifar100", "fashion-mnist", "mnist", "digits", "synthetic")
 DEFAULT_DATA_DIR = Path(os.environ.get("COMPRESSKIT_DATA", "data"))
 LABEL_SETS = ("fine", "coarse")
@@ -52,7 +52,7 @@ def load_dataset(
     explicit_dir = data_dir is not None
     root = Path(data_dir) if explicit_dir else DEFAULT_DATA_DIR
     if explicit_dir and not root.is_dir() and name not in ("digits", "synthetic"):
-        raise CompresskitError(f"--data-dir {root} is not a directory.")
+        raise ParameterError(f"{{0}} {root} is not a directory.", "data_dir")
     if name in CIFAR:
         train, test, classes = load_cifar(name, root, download=download, label_set=labels)
     elif name in ("fashion-mnist", "mnist"):
@@ -66,7 +66,7 @@ def load_dataset(
     if train.images.shape[-2:] != (image_size, image_size):
         from compresskit.data.image_folder import check_fits_memory
 
-        check_fits_memory(len(train) + len(test), train.images.shape[1], image_size, f"--dataset {name}")
+        check_fits_memory(len(train) + len(test), train.images.shape[1], image_size, f"dataset {name}")
     train = ImageSplit(to_image_size(train.images, image_size), train.labels)
     test = ImageSplit(to_image_size(test.images, image_size), test.labels)
     mean, std = channel_stats(train.images)
@@ -74,18 +74,20 @@ def load_dataset(
 
 
 def check_dataset(name: str) -> None:
-    """Refuse a ``--dataset`` that is neither one of `DATASET_NAMES` nor ``folder:PATH``."""
+    """Refuse a dataset name that is neither one of `DATASET_NAMES` nor ``folder:PATH``; the error
+    names it ``dataset`` (`load_dataset`'s `name`: "name" is the model's elsewhere)."""
     if (name not in DATASET_NAMES and not name.startswith(FOLDER_PREFIX)) or name == FOLDER_PREFIX:
-        raise CompresskitError(
-            f"--dataset '{name}' is not known; choose one of: {', '.join(DATASET_NAMES)}, "
-            "or folder:PATH (an image folder holding train/CLASS/… and test/CLASS/…)."
+        raise ParameterError(
+            f"{{0}} must be one of: {', '.join(DATASET_NAMES)}, or folder:PATH (an image folder holding "
+            f"train/CLASS/… and test/CLASS/…); got '{name}'.",
+            "dataset",
         )
 
 
 def check_image_size(size: int) -> None:
-    """Refuse an ``--image-size`` that is not a positive whole number of pixels."""
+    """Refuse an `image_size` that is not a positive whole number of pixels."""
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise CompresskitError(f"--image-size {size} must be a positive whole number of pixels.")
+        raise ParameterError(f"{{0}} must be a positive whole number of pixels; got {size}.", "image_size")
 
 
 def check_labels(dataset: str, labels: str) -> None:
@@ -95,11 +97,12 @@ def check_labels(dataset: str, labels: str) -> None:
     can check the flag before touching data or disk.
     """
     if labels not in LABEL_SETS:
-        raise CompresskitError(f"--labels '{labels}' is not known; choose one of: {', '.join(LABEL_SETS)}.")
+        raise ParameterError(f"{{0}} must be one of: {', '.join(LABEL_SETS)}; got '{labels}'.", "labels")
     available = CIFAR_LABELS.get(dataset, {"fine": None})
     if labels not in available:
         having = [n for n, sets in CIFAR_LABELS.items() if labels in sets]
-        raise CompresskitError(
-            f"--labels {labels} is only available for {', '.join(having)}; "
-            f"{dataset} has {' and '.join(available)} labels only."
+        raise ParameterError(
+            f"{{0}} {labels} is only available for {', '.join(having)}; "
+            f"{dataset} has {' and '.join(available)} labels only.",
+            "labels",
         )

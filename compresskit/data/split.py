@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import torch
 
-from compresskit.errors import CompresskitError
+from compresskit.errors import ParameterError
 
 
 def check_val_fraction(fraction: float) -> None:
     """Refuse a validation fraction outside [0, 1)."""
     if not 0.0 <= fraction < 1.0:
-        raise CompresskitError(f"--val-fraction {fraction} is outside the allowed range [0, 1).")
+        raise ParameterError(f"{{0}} must be in [0, 1); got {fraction}.", "val_fraction")
 
 
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,8 +52,8 @@ def balanced_subset(
         return among[balanced_subset(labels[among], size, seed)]
     classes = torch.unique(labels)
     if size < len(classes):
-        raise CompresskitError(
-            f"--samples {size} is too small: it must be at least the number of classes ({len(classes)})."
+        raise ParameterError(
+            f"{{0}} must be at least the number of classes ({len(classes)}); got {size}.", "samples"
         )
     g = torch.Generator().manual_seed(seed)
     extra = set(classes[torch.randperm(len(classes), generator=g)[: size % len(classes)]].tolist())

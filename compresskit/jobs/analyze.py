@@ -82,10 +82,10 @@ def analyze_run(
     model = ckpt.build(torch_device)
     try:
         chosen = select_layers(model, layer_selection(model, layers))
-    except ValueError as exc:
-        raise CompresskitError(str(exc)) from None
     except CompresskitError as exc:  # the library names its parameter; this is the flag
         raise CompresskitError(str(exc).replace("layers", "--layers", 1)) from None
+    except ValueError as exc:
+        raise CompresskitError(str(exc)) from None
     result: dict = {"checkpoint": str(ckpt.path), "dataset": data.name, "files": []}
     with staged_output(folder, "analyze") as stage:
         if folder.is_dir():  # keep what this call does not redo

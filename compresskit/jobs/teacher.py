@@ -12,7 +12,7 @@ import torch
 
 from compresskit.checkpoint import Checkpoint, load_checkpoint
 from compresskit.compress.distill import Distillation
-from compresskit.errors import CompresskitError
+from compresskit.errors import CompresskitError, ParameterError
 from compresskit.jobs.anymodel import checkpoint_input_shape, is_convnet, output_count
 from compresskit.rundir import RunConfig
 
@@ -51,8 +51,9 @@ def open_teacher(
     else:
         try:
             ckpt = load_checkpoint(teacher)
-        except CompresskitError as exc:  # its message names --checkpoint, the loader's usual flag
-            raise CompresskitError(str(exc).replace("--checkpoint", "--teacher", 1)) from None
+        except ParameterError as exc:  # the loader names its `path`: here that is `teacher`
+            names = ("teacher" if name == "path" else name for name in exc.parameters)
+            raise ParameterError(exc.template, *names) from None
     where = f"--teacher {ckpt.path}"
     model = ckpt.build(device)
     if is_convnet(ckpt) and is_convnet(source):

@@ -1,4 +1,4 @@
-"""A training run's hyperparameters (`TrainConfig`, each flag checked by `validate`) and the
+"""A training run's hyperparameters (`TrainConfig`, each field checked by `validate`) and the
 optimizer and learning-rate schedule they define."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from compresskit.errors import CompresskitError
+from compresskit.errors import ParameterError
 from compresskit.train.precision import PRECISIONS
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -46,60 +46,61 @@ class TrainConfig:
     ema: float | None = None  # decay of the weights' moving average (compresskit.ema); None: off
 
     def validate(self, *, has_validation: bool = True) -> None:
-        """Raise `CompresskitError` naming the first flag whose value is not allowed.
+        """Raise `ParameterError` naming the first field whose value is not allowed.
 
         `has_validation`: whether a validation split exists; early stopping needs one.
         """
         if self.epochs <= 0:
-            raise CompresskitError(f"--epochs {self.epochs} must be a positive integer.")
+            raise ParameterError(f"{{0}} must be a positive integer; got {self.epochs}.", "epochs")
         if self.batch_size <= 0:
-            raise CompresskitError(f"--batch-size {self.batch_size} must be a positive integer.")
+            raise ParameterError(f"{{0}} must be a positive integer; got {self.batch_size}.", "batch_size")
         if not self.lr > 0:
-            raise CompresskitError(f"--lr {self.lr} must be a positive number.")
+            raise ParameterError(f"{{0}} must be a positive number; got {self.lr}.", "lr")
         if self.optimizer not in OPTIMIZERS:
-            raise CompresskitError(
-                f"--optimizer '{self.optimizer}' is not known; choose one of: {', '.join(OPTIMIZERS)}."
+            raise ParameterError(
+                f"{{0}} must be one of: {', '.join(OPTIMIZERS)}; got '{self.optimizer}'.", "optimizer"
             )
         if self.schedule not in SCHEDULES:
-            raise CompresskitError(
-                f"--schedule '{self.schedule}' is not known; choose one of: {', '.join(SCHEDULES)}."
+            raise ParameterError(
+                f"{{0}} must be one of: {', '.join(SCHEDULES)}; got '{self.schedule}'.", "schedule"
             )
         if not 0 <= self.momentum < 1:
-            raise CompresskitError(f"--momentum {self.momentum} is outside [0, 1).")
+            raise ParameterError(f"{{0}} must be in [0, 1); got {self.momentum}.", "momentum")
         if self.weight_decay < 0:
-            raise CompresskitError(f"--weight-decay {self.weight_decay} must not be negative.")
+            raise ParameterError(f"{{0}} must be 0 or more; got {self.weight_decay}.", "weight_decay")
         if self.step_size < 0:
-            raise CompresskitError(f"--step-size {self.step_size} must not be negative.")
+            raise ParameterError(f"{{0}} must be 0 or more; got {self.step_size}.", "step_size")
         if not 0 < self.gamma <= 1:
-            raise CompresskitError(f"--gamma {self.gamma} is outside (0, 1].")
+            raise ParameterError(f"{{0}} must be in (0, 1]; got {self.gamma}.", "gamma")
         if not 0 <= self.label_smoothing < 1:
-            raise CompresskitError(f"--label-smoothing {self.label_smoothing} is outside [0, 1).")
+            raise ParameterError(f"{{0}} must be in [0, 1); got {self.label_smoothing}.", "label_smoothing")
         if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
-            raise CompresskitError(
-                f"--target-accuracy {self.target_accuracy} must be a fraction in (0, 1], e.g. 0.9."
+            raise ParameterError(
+                f"{{0}} must be a fraction in (0, 1], e.g. 0.9; got {self.target_accuracy}.",
+                "target_accuracy",
             )
         if self.patience is not None and self.patience <= 0:
-            raise CompresskitError(f"--patience {self.patience} must be a positive integer.")
+            raise ParameterError(f"{{0}} must be a positive integer; got {self.patience}.", "patience")
         if self.patience_metric not in PATIENCE_METRICS:
-            raise CompresskitError(
-                f"--patience-metric '{self.patience_metric}' is not known; choose one of: "
-                f"{', '.join(PATIENCE_METRICS)}."
+            raise ParameterError(
+                f"{{0}} must be one of: {', '.join(PATIENCE_METRICS)}; got '{self.patience_metric}'.",
+                "patience_metric",
             )
         if not self.min_delta >= 0:
-            raise CompresskitError(f"--min-delta {self.min_delta} must be 0 or more.")
+            raise ParameterError(f"{{0}} must be 0 or more; got {self.min_delta}.", "min_delta")
         if not has_validation and (self.target_accuracy is not None or self.patience is not None):
-            raise CompresskitError(
-                "--target-accuracy and --patience need a validation split (--val-fraction > 0, or an image "
-                "folder's val/)."
-            )
+            raise ParameterError(
+                "{0} and {1} need a validation split ({2} > 0, or an image folder's val/).",
+                "target_accuracy", "patience", "val_fraction",
+            )  # fmt: skip
         if self.precision not in PRECISIONS:
-            raise CompresskitError(
-                f"--precision '{self.precision}' is not known; choose one of: {', '.join(PRECISIONS)}."
+            raise ParameterError(
+                f"{{0}} must be one of: {', '.join(PRECISIONS)}; got '{self.precision}'.", "precision"
             )
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise CompresskitError(f"--device '{self.device}' is not known; choose auto, cpu or cuda.")
+            raise ParameterError(f"{{0}} must be auto, cpu, cuda or cuda:N; got '{self.device}'.", "device")
         if self.ema is not None and not 0 < self.ema < 1:
-            raise CompresskitError(f"--ema {self.ema} is outside (0, 1); give a decay such as 0.999.")
+            raise ParameterError(f"{{0}} must be in (0, 1), a decay such as 0.999; got {self.ema}.", "ema")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compresskit import distributed
-from compresskit.errors import CompresskitError
+from compresskit.errors import ParameterError
 from compresskit.train.precision import Precision, as_input, resolve_precision
 
 TTA_MODES = ("none", "flip", "flip-translate")
@@ -50,7 +50,7 @@ def evaluate(
 
 def check_tta(mode: str) -> None:
     if mode not in TTA_MODES:
-        raise CompresskitError(f"--tta '{mode}' is not known; choose one of: {', '.join(TTA_MODES)}.")
+        raise ParameterError(f"{{0}} must be one of: {', '.join(TTA_MODES)}; got '{mode}'.", "tta")
 
 
 def tta_logits(model: nn.Module, x: torch.Tensor, mode: str = "none") -> torch.Tensor:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from compresskit.errors import CompresskitError
+from compresskit.errors import ParameterError
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -16,7 +16,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CompresskitError(f"--device {name} was asked for but no CUDA device is available.")
+        raise ParameterError(f"{{0}} {name} was asked for but no CUDA device is available.", "device")
     return torch.device(name)
 
 
@@ -51,12 +51,13 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
     that computes bf16 natively (`cpu_supports_bf16`), fp32 elsewhere: emulated bf16 measured
     8–20× slower than fp32. Asking for bf16 on such a CPU is refused."""
     if name not in PRECISIONS:
-        raise CompresskitError(f"--precision '{name}' is not known; choose one of: {', '.join(PRECISIONS)}.")
+        raise ParameterError(f"{{0}} must be one of: {', '.join(PRECISIONS)}; got '{name}'.", "precision")
     native = device.type == "cuda" or cpu_supports_bf16()
     if name == "bf16" and not native:
-        raise CompresskitError(
-            "--precision bf16: this CPU has no native bf16 (avx512_bf16 or AMX), so it would be emulated "
-            "and far slower than fp32; use --precision auto or fp32."
+        raise ParameterError(
+            "{0} bf16: this CPU has no native bf16 (avx512_bf16 or AMX), so it would be emulated "
+            "and far slower than fp32; use {0} auto or fp32.",
+            "precision",
         )
     return Precision("bf16" if name == "bf16" or (name == "auto" and native) else "fp32", channels_last=True)
 
