@@ -245,8 +245,9 @@ def plot_pareto(table: pd.DataFrame, path: str | Path, title: str = "") -> Path:
 
 
 def plot_sensitivity(table: pd.DataFrame, base_acc: float, path: str | Path, title: str = "") -> Path:
-    """Test accuracy after pruning one layer alone, per layer, one line per ratio; the unpruned
-    accuracy as a dashed line. `table` has columns layer, ratio, test_acc."""
+    """Test accuracy after pruning one layer (or channel group) alone, per layer, one line per
+    ratio; the unpruned accuracy as a dashed line. `table` has columns layer, ratio, test_acc and
+    optionally layers (how many layers a row prunes; a group of several says so on its tick)."""
     fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * table["layer"].nunique() + 2), 4))
     layers = list(dict.fromkeys(table["layer"]))
     x = np.arange(len(layers))
@@ -254,7 +255,9 @@ def plot_sensitivity(table: pd.DataFrame, base_acc: float, path: str | Path, tit
         by_layer = rows.set_index("layer").loc[layers, "test_acc"]
         ax.plot(x, by_layer, marker="o", label=f"{ratio:g} of channels removed")
     ax.axhline(base_acc, color="gray", ls="--", lw=1, label="unpruned")
-    ax.set_xticks(x, labels=layers, rotation=45, ha="right")
+    counts = table.groupby("layer")["layers"].first() if "layers" in table else {}
+    ticks = [f"{name} ({counts[name]} layers)" if counts.get(name, 1) > 1 else name for name in layers]
+    ax.set_xticks(x, labels=ticks, rotation=45, ha="right")
     ax.set_ylabel("test accuracy (no fine-tuning)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

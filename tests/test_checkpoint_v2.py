@@ -61,6 +61,7 @@ torch.save(outputs, f"{folder}/outputs.pt")
 """
 
 
+@pytest.mark.slow
 def test_compressed_models_load_in_a_process_without_torch_pruning(tmp_path):
     model = _resnet18()
     pruned = prune_model(model, X, 0.5)

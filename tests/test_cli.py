@@ -150,18 +150,25 @@ TRAIN_ERRORS = {
         ["--dataset", "cifar10", "--data-dir", "{garbage}", "--no-download"],
         "data_batch_1",
     ),
-    "epochs": (["--epochs", "0"], "--epochs 0"),
-    "batch-size": (["--batch-size", "0"], "--batch-size 0"),
-    "val-fraction": (["--val-fraction", "1.5"], "--val-fraction 1.5"),
-    "augment": (["--augment", "spin"], "--augment 'spin'"),
+    "epochs": (["--epochs", "0"], "--epochs must be a positive integer; got 0."),
+    "batch-size": (["--batch-size", "0"], "--batch-size must be a positive integer; got 0."),
+    "val-fraction": (["--val-fraction", "1.5"], "--val-fraction must be in [0, 1); got 1.5."),
+    "augment": (
+        ["--augment", "spin"],
+        "--augment must be a comma list of crop, flip, cutout, jitter, rotate (each optionally =VALUE), "
+        "or 'none'; got 'spin'.",
+    ),
     "lr": (["--lr", "-1"], "--lr"),
     "optimizer": (["--optimizer", "adam"], "'adam' is not one of 'sgd', 'adamw'"),
-    "target-accuracy": (["--target-accuracy", "90"], "--target-accuracy 90"),
+    "target-accuracy": (
+        ["--target-accuracy", "90"],
+        "--target-accuracy must be a fraction in (0, 1], e.g. 0.9; got 90.0.",
+    ),
     "head": (["--head", "deep"], "'deep' is not one of 'linear', 'mlp'"),
     "markup-in-input": (["--model", "[/bold]x"], "'[/bold]x' is not one of"),
     "precision": (["--precision", "fp16"], "'fp16' is not one of 'auto', 'fp32', 'bf16'"),
     "patience-metric": (["--patience-metric", "train_loss"], "'train_loss' is not one of 'val_acc'"),
-    "min-delta": (["--min-delta", "-1"], "--min-delta -1.0 must be 0 or more"),
+    "min-delta": (["--min-delta", "-1"], "--min-delta must be 0 or more; got -1.0."),
     "init": (["--init", "xavier"], "'xavier' is not one of 'kaiming', 'torch'"),
     "init-layerwise": (["--init", "torch", "--layerwise"], "--init torch is for end-to-end training"),
     "track-test-layerwise": (["--track-test", "--layerwise"], "--track-test is for end-to-end training"),
@@ -362,7 +369,7 @@ def test_analyze_is_deterministic_and_keeps_other_files(analyzed_run, tmp_path):
         (["--metrics", "csi,accuracy"], "--metrics"),
         (["--metrics", "none"], "--metrics none"),
         (["--samples", "0"], "--samples"),
-        (["--samples", "3"], "--samples 3"),
+        (["--samples", "3"], "--samples must be at least the number of classes (4); got 3."),
         (["--batch-size", "0"], "--batch-size"),
         (["--memory-budget", "4 gigs"], "--memory-budget '4 gigs' is not a size; give a number of bytes"),
         (["--memory-budget", "-1"], "--memory-budget '-1' is not a size"),
@@ -484,6 +491,27 @@ def test_prune_in_steps_splits_the_fine_tuning(trained_run, tmp_path):
     assert all(w % 4 == 0 for w in widths)
 
 
+def test_prune_with_one_given_ratio_per_layer(trained_run, tmp_path):
+    """--layer-ratios prunes each conv layer by its own ratio (torch-pruning keeps int(w·(1−r)));
+    a list of the wrong length, or one beside --allocate csi, is refused before anything is written."""
+    run = trained_run[0]
+    widths = load_checkpoint(run).spec.conv_widths
+    ratios = [0.0] + [0.5] * (len(widths) - 2) + [0.75]
+    given = ",".join(str(r) for r in ratios)
+    result = invoke("prune", "--checkpoint", run, "--out", tmp_path / "given", "--layer-ratios", given,
+                    "--finetune-epochs", "0", "--bench-seconds", "0.05", "--quiet")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    pruned = load_checkpoint(tmp_path / "given").spec.conv_widths
+    assert pruned == [int(w * (1 - r)) for w, r in zip(widths, ratios, strict=True)]
+    config = json.loads((tmp_path / "given" / "config.json").read_text())
+    assert config["compression"]["layer_ratios"] == ratios
+    for flags, words in ((["--layer-ratios", "0.5,0.5"], "one per layer"),
+                         (["--layer-ratios", given, "--allocate", "csi"], "--allocate uniform")):  # fmt: skip
+        result = invoke("prune", "--checkpoint", run, "--out", tmp_path / "bad", *flags, "--quiet")
+        assert result.exit_code == 2 and "--layer-ratios" in result.stderr and words in result.stderr
+        assert not (tmp_path / "bad").exists()
+
+
 def test_report_compares_runs_and_draws_the_pareto_plot(pruned_run, tmp_path):
     run, out, _ = pruned_run
     result = invoke("report", run, out, "--out", tmp_path / "cmp", "--bench-seconds", "0.05", "--quiet")
@@ -554,6 +582,7 @@ def test_sensitivity_bad_ratios(trained_run):
 # ----------------------------------------------------------------------------- lowrank, depth, lineage
 
 
+@pytest.mark.slow
 def test_depth_then_prune_then_lowrank_compose_and_carry_their_lineage(trained_run, tmp_path):
     run = trained_run[0]
     fast = ["--finetune-epochs", "1", "--bench-seconds", "0.05", "--quiet"]
@@ -598,12 +627,16 @@ def test_depth_then_prune_then_lowrank_compose_and_carry_their_lineage(trained_r
 @pytest.mark.parametrize(
     ("command", "args", "fragment"),
     [
-        ("lowrank", ["--energy", "1.5"], "--energy 1.5"),
-        ("lowrank", ["--rank-ratio", "0"], "--rank-ratio 0.0"),
+        ("lowrank", ["--energy", "1.5"], "--energy must be in (0, 1]; got 1.5."),
+        ("lowrank", ["--rank-ratio", "0"], "--rank-ratio must be in (0, 1]; got 0.0."),
         ("lowrank", ["--energy", "0.9", "--rank-ratio", "0.5"], "exactly one"),
         ("lowrank", ["--layers", "block1,block9"], "block9"),
         ("depth", ["--keep-blocks", "0"], "--keep-blocks 0"),
-        ("depth", ["--keep-blocks", "7"], "--keep-blocks 7"),
+        (
+            "depth",
+            ["--keep-blocks", "7"],
+            "--keep-blocks must be between 1 and the model's 3 conv blocks; got 7.",
+        ),
         ("depth", ["--min-gain", "2"], "would remove every block"),
     ],
 )
@@ -836,6 +869,7 @@ def test_cifar100_coarse_labels_train_evaluate_and_keep_their_label_set(tmp_path
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_the_attention_cnn_goes_through_analyze_prune_and_report(tmp_path):
     run = tmp_path / "se"
     fast = ["--bench-seconds", "0.02", "--quiet"]

@@ -2,6 +2,7 @@
 into --out, or --resume of a stopped one (`_compression_run`, the path all three share)."""
 
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from compresskit.cli.app import user_errors
+from compresskit.cli.flags import COMPRESSION_FLAGS
 from compresskit.cli.options import (
     AllocateName,
     BenchSeconds,
@@ -20,8 +22,14 @@ from compresskit.cli.options import (
     DistillTemperature,
     DistillWeight,
     Download,
+    FinetuneBatchSize,
     FinetuneEpochs,
+    FinetuneLabelSmoothing,
     FinetuneLr,
+    FinetuneMomentum,
+    FinetuneOptimizer,
+    FinetuneSchedule,
+    FinetuneWeightDecay,
     ImportanceName,
     OptimizerName,
     Overwrite,
@@ -38,6 +46,7 @@ from compresskit.cli.options import (
     Teacher,
     Threads,
     TrustFactory,
+    _number_list,
     _refuse_changes,
     _str_or_none,
 )
@@ -47,9 +56,19 @@ from compresskit.errors import CompresskitError
 if TYPE_CHECKING:  # the jobs pull in torch; the command line imports them only when a command runs
     from compresskit.jobs import JobOptions
     from compresskit.progress import Progress
+    from compresskit.train import TrainConfig
 
 # The flags --resume accepts; any other one given explicitly is refused.
 RESUME_ALLOWED = {"resume", "data_dir", "download", "quiet", "bench_seconds", "threads", "trust_factory"}
+
+# The fine-tuning flags every compression command declares (annotations: cli.options), in --help's
+# order: each parameter and the TrainConfig field it sets.
+FINETUNE_FIELDS = {
+    "finetune_epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "optimizer": "optimizer",
+    "momentum": "momentum", "weight_decay": "weight_decay", "schedule": "schedule",
+    "label_smoothing": "label_smoothing", "seed": "seed", "device": "device", "precision": "precision",
+    "sync_bn": "sync_bn",
+}  # fmt: skip
 
 # Starts a new run: (source checkpoint, --out, JobOptions, Progress) → the job's result.
 StartRun = Callable[[Path, Path, "JobOptions", "Progress"], dict]
@@ -65,7 +84,7 @@ def _compression_run(ctx: typer.Context, command: str, start: StartRun, *, check
     torchrun process other than rank 0, which prints nothing."""
     from compresskit.jobs import resume_compress_run
 
-    with user_errors(trust_factory):
+    with user_errors(trust_factory, COMPRESSION_FLAGS[command]):
         if resume is not None:
             _refuse_changes(ctx, RESUME_ALLOWED, "--resume")
             result = resume_compress_run(
@@ -110,16 +129,13 @@ def _job_options(data_dir: Path | None, download: bool, bench_seconds: float, th
     )  # fmt: skip
 
 
-def _finetune_config(
-    epochs: int, lr: float, seed: int, device: DeviceName, precision: PrecisionName, sync_bn: bool
-):
-    """The fine-tuning `TrainConfig` of lowrank and depth: SGD on a cosine schedule."""
+def _finetune_config(ctx: typer.Context) -> "TrainConfig":
+    """The fine-tuning `TrainConfig` of the command's `FINETUNE_FIELDS` flags, read from `ctx` so that
+    prune, lowrank and depth build it alike (a fixed choice: its value)."""
     from compresskit.train import TrainConfig
 
-    return TrainConfig(
-        epochs=epochs, lr=lr, schedule="cosine", seed=seed, device=device.value, precision=precision.value,
-        sync_bn=sync_bn,
-    )  # fmt: skip
+    values = {field: ctx.params[name] for name, field in FINETUNE_FIELDS.items()}
+    return TrainConfig(**{field: v.value if isinstance(v, Enum) else v for field, v in values.items()})
 
 
 def prune(
@@ -131,21 +147,26 @@ def prune(
     importance: ImportanceName = typer.Option("l1", help="How channels are ranked."),
     scope: ScopeName = typer.Option("uniform", help="One ratio per layer, or rank all channels together."),
     allocate: AllocateName = typer.Option("uniform", help="csi: per-layer ratios from CSI gains."),
-    steps: int = typer.Option(1, help="Prune in this many steps, fine-tuning between them."),
+    steps: int = typer.Option(
+        1, help="Prune in this many steps, fine-tuning after each (--finetune-epochs split over them)."
+    ),
     round_to: int | None = typer.Option(None, help="Keep channel counts a multiple of this."),
     max_layer_ratio: float = typer.Option(1.0, help="No layer loses more than this fraction."),
+    layer_ratios: str | None = typer.Option(
+        None, help="A comma list of one ratio per conv layer, in order, instead of one --ratio for all."
+    ),
     calibration_samples: int = typer.Option(
         1000, help="Class-balanced training images for taylor, separation and --allocate csi."
     ),
-    finetune_epochs: int = typer.Option(10, help="Fine-tuning epochs in all (split over --steps)."),
-    batch_size: int = typer.Option(128, help="Fine-tuning batch size."),
-    lr: float = typer.Option(0.01, help="Peak fine-tuning learning rate."),
-    optimizer: OptimizerName = typer.Option("sgd", help="SGD with Nesterov momentum, or AdamW."),
-    momentum: float = typer.Option(0.9, help="SGD momentum."),
-    weight_decay: float = typer.Option(5e-4, help="Weight decay on weights (not biases or BN)."),
-    schedule: ScheduleName = typer.Option("cosine", help="Learning-rate schedule, stepped every batch."),
-    label_smoothing: float = typer.Option(0.0, help="Label smoothing of the fine-tuning loss."),
-    seed: int = typer.Option(0, help="Seed of the batches, the calibration subset, random importance."),
+    finetune_epochs: FinetuneEpochs = 10,
+    batch_size: FinetuneBatchSize = 128,
+    lr: FinetuneLr = 0.01,
+    optimizer: FinetuneOptimizer = OptimizerName.sgd,
+    momentum: FinetuneMomentum = 0.9,
+    weight_decay: FinetuneWeightDecay = 5e-4,
+    schedule: FinetuneSchedule = ScheduleName.cosine,
+    label_smoothing: FinetuneLabelSmoothing = 0.0,
+    seed: Seed = 0,
     device: Device = DeviceName.auto,
     precision: PrecisionOption = PrecisionName.auto,
     sync_bn: SyncBn = False,
@@ -164,21 +185,15 @@ def prune(
     """Remove whole channels (torch-pruning), fine-tune, and report the savings."""
     from compresskit.compress import PruneConfig
     from compresskit.jobs import prune_run
-    from compresskit.train import TrainConfig
 
     def start(source: Path, out: Path, options: "JobOptions", progress: "Progress") -> dict:
         cfg = PruneConfig(
             ratio=ratio, importance=importance.value, scope=scope.value, allocate=allocate.value,
             steps=steps, round_to=round_to, max_layer_ratio=max_layer_ratio, seed=seed,
-        )  # fmt: skip
-        finetune = TrainConfig(
-            epochs=finetune_epochs, batch_size=batch_size, lr=lr, optimizer=optimizer.value,
-            momentum=momentum, weight_decay=weight_decay, schedule=schedule.value,
-            label_smoothing=label_smoothing, seed=seed, device=device.value, precision=precision.value,
-            sync_bn=sync_bn,
+            layer_ratios=_number_list(layer_ratios, "--layer-ratios"),
         )  # fmt: skip
         return prune_run(
-            source, out, cfg, finetune, calibration_samples=calibration_samples, options=options,
+            source, out, cfg, _finetune_config(ctx), calibration_samples=calibration_samples, options=options,
             progress=progress,
         )  # fmt: skip
 
@@ -212,7 +227,13 @@ def lowrank(
     rank_ratio: float | None = typer.Option(None, help="Rank = this fraction of full rank, in (0, 1]."),
     layers: str = typer.Option("all", help="all, or a comma list such as block5,block6,fc1."),
     finetune_epochs: FinetuneEpochs = 10,
+    batch_size: FinetuneBatchSize = 128,
     lr: FinetuneLr = 0.01,
+    optimizer: FinetuneOptimizer = OptimizerName.sgd,
+    momentum: FinetuneMomentum = 0.9,
+    weight_decay: FinetuneWeightDecay = 5e-4,
+    schedule: FinetuneSchedule = ScheduleName.cosine,
+    label_smoothing: FinetuneLabelSmoothing = 0.0,
     seed: Seed = 0,
     device: Device = DeviceName.auto,
     precision: PrecisionOption = PrecisionName.auto,
@@ -238,10 +259,7 @@ def lowrank(
             rank_ratio=rank_ratio, energy=0.9 if energy is None and rank_ratio is None else energy,
             layers=layers,
         )  # fmt: skip
-        return lowrank_run(
-            source, out, cfg, _finetune_config(finetune_epochs, lr, seed, device, precision, sync_bn),
-            options=options, progress=progress,
-        )  # fmt: skip
+        return lowrank_run(source, out, cfg, _finetune_config(ctx), options=options, progress=progress)
 
     done = _compression_run(
         ctx, "lowrank", start,
@@ -266,7 +284,13 @@ def depth(
     keep_blocks: int | None = typer.Option(None, help="Keep exactly this many conv blocks instead."),
     samples: int = typer.Option(1000, help="Class-balanced test images for the CSI per block."),
     finetune_epochs: FinetuneEpochs = 10,
+    batch_size: FinetuneBatchSize = 128,
     lr: FinetuneLr = 0.01,
+    optimizer: FinetuneOptimizer = OptimizerName.sgd,
+    momentum: FinetuneMomentum = 0.9,
+    weight_decay: FinetuneWeightDecay = 5e-4,
+    schedule: FinetuneSchedule = ScheduleName.cosine,
+    label_smoothing: FinetuneLabelSmoothing = 0.0,
     seed: Seed = 0,
     device: Device = DeviceName.auto,
     precision: PrecisionOption = PrecisionName.auto,
@@ -288,8 +312,8 @@ def depth(
 
     def start(source: Path, out: Path, options: "JobOptions", progress: "Progress") -> dict:
         return depth_run(
-            source, out, _finetune_config(finetune_epochs, lr, seed, device, precision, sync_bn),
-            min_gain=min_gain, keep_blocks=keep_blocks, samples=samples, options=options, progress=progress,
+            source, out, _finetune_config(ctx), min_gain=min_gain, keep_blocks=keep_blocks, samples=samples,
+            options=options, progress=progress,
         )  # fmt: skip
 
     done = _compression_run(

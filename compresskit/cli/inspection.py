@@ -20,10 +20,10 @@ from compresskit.cli.options import (
     SensitivityImportance,
     TrustFactory,
     TtaName,
+    _number_list,
     _str_or_none,
 )
 from compresskit.cli.render import _pct, _print_table, console
-from compresskit.errors import CompresskitError
 
 
 def evaluate(
@@ -166,13 +166,8 @@ def sensitivity(
     from compresskit.progress import Progress
 
     with user_errors(trust_factory):
-        try:
-            values = [float(r) for r in ratios.split(",") if r.strip()]
-        except ValueError:
-            message = f"--ratios '{ratios}' must be a comma list of numbers, e.g. 0.25,0.5."
-            raise CompresskitError(message) from None
         result = sensitivity_run(
-            checkpoint, values, importance=importance.value, samples=samples,
+            checkpoint, _number_list(ratios, "--ratios"), importance=importance.value, samples=samples,
             data_dir=_str_or_none(data_dir), download=download,
             batch_size=batch_size, device=device.value, progress=Progress(enabled=not quiet),
         )  # fmt: skip

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from compresskit.compress.importance import importance_names
 from compresskit.errors import CompresskitError
 
 
@@ -35,8 +36,9 @@ HeadName = _choices("HeadName", ("linear", "mlp"))
 OptimizerName = _choices("OptimizerName", ("sgd", "adamw"))
 ScheduleName = _choices("ScheduleName", ("step", "cosine", "onecycle", "none"))
 DeviceName = _choices("DeviceName", ("auto", "cpu", "cuda"))
-ImportanceName = _choices("ImportanceName", ("l1", "l2", "bn-scale", "taylor", "random", "separation"))
-SensitivityImportance = _choices("SensitivityImportance", ("l1", "l2", "bn-scale", "random"))
+# The importances come from their registry, which loads neither torch nor torch-pruning.
+ImportanceName = _choices("ImportanceName", importance_names())
+SensitivityImportance = _choices("SensitivityImportance", importance_names(needs_calibration=False))
 ScopeName = _choices("ScopeName", ("uniform", "global"))
 AllocateName = _choices("AllocateName", ("uniform", "csi"))
 TtaName = _choices("TtaName", ("none", "flip", "flip-translate"))
@@ -66,6 +68,16 @@ def _model_option(value: str) -> str:
         return value
     names = ", ".join(repr(m.value) for m in ModelName)
     raise typer.BadParameter(f"Value error, {value!r} is not one of {names}, nor torchvision:NAME.")
+
+
+def _number_list(value: str | None, flag: str) -> list[float] | None:
+    """`value` ("0.25,0.5") as floats, None when not given; one sentence naming `flag` otherwise."""
+    if value is None:
+        return None
+    try:
+        return [float(item) for item in value.split(",") if item.strip()]
+    except ValueError:
+        raise CompresskitError(f"{flag} '{value}' must be a comma list of numbers, e.g. 0.25,0.5.") from None
 
 
 def _json_object(value: str | None, flag: str) -> dict | None:
@@ -126,9 +138,6 @@ Source = Annotated[
         "--checkpoint", "--from", help="Run directory (its checkpoint.pt) or .pt file: trained or compressed."
     ),
 ]
-FinetuneEpochs = Annotated[int, typer.Option(help="Fine-tuning epochs in all.")]
-FinetuneLr = Annotated[float, typer.Option(help="Peak fine-tuning learning rate (SGD, cosine).")]
-Seed = Annotated[int, typer.Option(help="Seed of the fine-tuning batches and the subsets.")]
 TrustFactory = Annotated[
     bool,
     typer.Option(
@@ -145,7 +154,23 @@ SyncBn = Annotated[
     ),
 ]
 
-# Options of the compression commands (prune, lowrank, depth).
+# Options of the compression commands (prune, lowrank, depth). Their fine-tuning options, with Device,
+# PrecisionOption and SyncBn; cli.compression.FINETUNE_FIELDS names the TrainConfig field each sets.
+FinetuneEpochs = Annotated[int, typer.Option(help="Fine-tuning epochs in all.")]
+FinetuneBatchSize = Annotated[int, typer.Option(help="Fine-tuning batch size.")]
+FinetuneLr = Annotated[float, typer.Option(help="Peak fine-tuning learning rate.")]
+FinetuneOptimizer = Annotated[OptimizerName, typer.Option(help="SGD with Nesterov momentum, or AdamW.")]
+FinetuneMomentum = Annotated[float, typer.Option(help="SGD momentum.")]
+FinetuneWeightDecay = Annotated[float, typer.Option(help="Weight decay on weights (not biases or BN).")]
+FinetuneSchedule = Annotated[ScheduleName, typer.Option(help="Learning-rate schedule, stepped every batch.")]
+FinetuneLabelSmoothing = Annotated[float, typer.Option(help="Label smoothing of the fine-tuning loss.")]
+Seed = Annotated[
+    int,
+    typer.Option(
+        help="Seed of the fine-tuning batches and of every other draw (subsets, random importance, "
+        "a new head).",
+    ),
+]
 ResumeOut = Annotated[
     Path | None,
     typer.Option("--resume", help="Continue this stopped run directory from its last finished epoch."),

@@ -5,17 +5,10 @@ conv's input channels, the first linear layer's inputs after the flatten) and re
 channels; compresskit only chooses *which* channels (an importance) and *how many per layer* (a
 ratio per layer), then turns the result back into an ordinary `ModelSpec` + state dict.
 
-Importances (``--importance``):
+The importances (``importance``) are registered in `compresskit.compress.importance`; that of
+``separation`` is `separation_importance.SeparationImportance`.
 
-* ``l1`` / ``l2``: the L1 / L2 norm of each channel's weights, summed over its dependency group
-  (torch-pruning's `GroupMagnitudeImportance`).
-* ``bn-scale``: |γ| of the channel's batch norm (network slimming).
-* ``taylor``: first-order Taylor estimate |w·∂L/∂w| on calibration batches (needs data).
-* ``random``: a seeded random order, the baseline every criterion must beat.
-* ``separation`` (`SeparationImportance`): how well the channel (or an mlp head's hidden unit)
-  alone separates the classes on calibration batches (needs data), defined there.
-
-Per-layer ratios (``--allocate``): ``uniform`` prunes every conv layer by ``ratio`` of its
+Per-layer ratios (``allocate``): ``uniform`` prunes every conv layer by ``ratio`` of its
 channels (with ``scope="global"``, torch-pruning ranks all channels of the network together
 instead); ``csi`` gives each layer its own ratio from the layer analysis (`csi_allocation`).
 The classifier's output layer is never pruned.
@@ -38,11 +31,16 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from compresskit.errors import CompresskitError
+from compresskit.compress.importance import IMPORTANCES as IMPORTANCES
+from compresskit.compress.importance import NEEDS_DATA as NEEDS_DATA
+from compresskit.compress.importance import criterion, make_importance
+from compresskit.compress.separation_importance import SeparationImportance as SeparationImportance
+from compresskit.compress.separation_importance import channel_outputs as channel_outputs
+from compresskit.compress.separation_importance import fisher_ratio as fisher_ratio
+from compresskit.compress.separation_importance import unit_outputs as unit_outputs
+from compresskit.errors import CompresskitError, ParameterError
 from compresskit.models import FACTORIZED, POOL, ConvNet, ModelSpec, SqueezeExcite, conv_sides, se_width
 
-IMPORTANCES = ("l1", "l2", "bn-scale", "taylor", "random", "separation")
-NEEDS_DATA = ("taylor", "separation")
 SCOPES = ("uniform", "global")
 ALLOCATIONS = ("uniform", "csi")
 
@@ -55,7 +53,9 @@ class PruneConfig:
     or of all conv channels together (global scope); `max_layer_ratio` caps any single layer;
     `round_to` keeps every layer's remaining channel count a multiple of it; `steps` > 1 prunes in
     that many equal steps (fine-tuning in between is the caller's job, see `ChannelPruner`). With
-    per-layer ratios (``allocate="csi"``) an mlp head's hidden layer is still pruned by `ratio`."""
+    per-layer ratios (``allocate="csi"``, or `layer_ratios` given: one ratio per conv layer, in
+    order, e.g. to prune the parameter-heavy late layers harder) an mlp head's hidden layer is still
+    pruned by `ratio`."""
 
     ratio: float = 0.5
     importance: str = "l1"
@@ -65,127 +65,38 @@ class PruneConfig:
     round_to: int | None = None
     max_layer_ratio: float = 1.0
     seed: int = 0
+    layer_ratios: list[float] | None = None
 
     def validate(self) -> None:
         if not 0.0 < self.ratio < 1.0:
-            raise CompresskitError(f"--ratio {self.ratio} is outside the allowed range (0, 1).")
-        _choice("--importance", self.importance, IMPORTANCES)
-        _choice("--scope", self.scope, SCOPES)
-        _choice("--allocate", self.allocate, ALLOCATIONS)
+            raise ParameterError(f"{{0}} {self.ratio} is outside the allowed range (0, 1).", "ratio")
+        criterion(self.importance)  # raises for a name the registry does not hold
+        _choice("scope", self.scope, SCOPES)
+        _choice("allocate", self.allocate, ALLOCATIONS)
         if self.allocate == "csi" and self.scope == "global":
-            raise CompresskitError("--allocate csi sets one ratio per layer, so it needs --scope uniform.")
+            message = "{0} csi sets one ratio per layer, so it needs {1} uniform."
+            raise ParameterError(message, "allocate", "scope")
         if self.steps < 1:
-            raise CompresskitError(f"--steps {self.steps} must be a positive integer.")
+            raise ParameterError(f"{{0}} {self.steps} must be a positive integer.", "steps")
         if self.round_to is not None and self.round_to < 1:
-            raise CompresskitError(f"--round-to {self.round_to} must be a positive integer.")
+            raise ParameterError(f"{{0}} {self.round_to} must be a positive integer.", "round_to")
         if not 0.0 < self.max_layer_ratio <= 1.0:
-            raise CompresskitError(f"--max-layer-ratio {self.max_layer_ratio} must be in (0, 1].")
+            raise ParameterError(f"{{0}} {self.max_layer_ratio} must be in (0, 1].", "max_layer_ratio")
+        if self.layer_ratios is not None:
+            if not self.layer_ratios or not all(0.0 <= r < 1.0 for r in self.layer_ratios):
+                message = f"{{0}} {self.layer_ratios} must be ratios in [0, 1), one per conv layer."
+                raise ParameterError(message, "layer_ratios")
+            if self.allocate != "uniform" or self.scope != "uniform":
+                raise ParameterError("{0} sets one ratio per layer, so it needs {1} uniform and {2} uniform.",
+                                     "layer_ratios", "allocate", "scope")  # fmt: skip
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _choice(flag: str, value: str, allowed: Sequence[str]) -> None:
+def _choice(parameter: str, value: str, allowed: Sequence[str]) -> None:
     if value not in allowed:
-        raise CompresskitError(f"{flag} '{value}' is not known; choose one of: {', '.join(allowed)}.")
-
-
-# --------------------------------------------------------------------------- separation importance
-
-
-def channel_outputs(model: ConvNet) -> dict[nn.Module, nn.Module]:
-    """Each conv layer (in order) → the module whose output is that conv's activated output: its
-    conv block ``Sequential(conv, [bn], relu)`` (`ConvNet.named_blocks` kind ``block``)."""
-    return {block.layer: block.module for block in model.named_blocks("block")}
-
-
-def unit_outputs(model: ConvNet) -> dict[nn.Module, nn.Module]:
-    """Each hidden linear layer of the head (every fc block but the output layer, `output_layer`)
-    → the module whose output is that layer's activated output: the `nn.ReLU` right after it in the
-    head when there is one (an mlp head's ``Linear → ReLU``), else the linear layer itself."""
-    head = list(model.head)
-    found: dict[nn.Module, nn.Module] = {}
-    for fc in model.named_blocks("fc")[:-1]:
-        position = head.index(fc.module)
-        after = head[position + 1] if position + 1 < len(head) else None
-        found[fc.module] = after if isinstance(after, nn.ReLU) else fc.module
-    return found
-
-
-def fisher_ratio(pooled: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-channel class separation of pooled activations n×C (labels n): between-class variance
-    of the channel's value divided by its within-class variance (both population variances, so
-    they sum to the total variance). A constant channel scores 0. Returns C float64."""
-    x = pooled.double()
-    classes, index = torch.unique(labels, return_inverse=True)
-    counts = torch.bincount(index, minlength=len(classes)).double()
-    sums = torch.zeros(len(classes), x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, index, x)
-    class_means = sums / counts[:, None]
-    mean = x.mean(0)
-    between = (counts[:, None] * (class_means - mean) ** 2).sum(0) / len(x)
-    within = ((x - class_means[index]) ** 2).mean(0)
-    total = between + within
-    return torch.where(total > 0, between / (within + 1e-12 * total + 1e-30), torch.zeros_like(total))
-
-
-class SeparationImportance(tp.importance.Importance):
-    """A channel matters as much as it separates the classes on its own.
-
-    For conv channel c: take the channel's activated output (after its batch norm and ReLU),
-    average it over the spatial positions (one number per image), and score the channel by the
-    Fisher ratio of that number over the calibration images: between-class variance / within-class
-    variance (`fisher_ratio`). A hidden unit of an mlp head (the ``Linear → ReLU`` before the output
-    layer) is scored the same way by its post-ReLU activation, one number per image already
-    (`unit_outputs`). A channel or unit whose value moves with the label scores high; one that is
-    noise, or dead, scores near 0 and is removed first. Call `refresh(model)` before each pruning
-    step (channels and weights change); the torch-pruning pruner then asks for each group's scores.
-    """
-
-    def __init__(self, batches: Batches) -> None:
-        if not batches:
-            raise CompresskitError("--importance separation needs calibration data; none was given.")
-        self.batches = batches
-        self.scores: dict[nn.Module, torch.Tensor] = {}
-
-    @torch.no_grad()
-    def refresh(self, model: ConvNet) -> None:
-        """Recompute every conv channel's and hidden unit's Fisher ratio on the calibration batches
-        (one forward pass over them, the model in eval mode and left in the mode it was in)."""
-        outputs: dict[nn.Module, nn.Module] = {**channel_outputs(model), **unit_outputs(model)}
-        pooled: dict[nn.Module, list[torch.Tensor]] = {layer: [] for layer in outputs}
-
-        def record(layer: nn.Module, out: torch.Tensor) -> None:
-            # n×C×H×W → n×C by a spatial mean; n×units is already one number per unit. The copy
-            # matters: an in-place ReLU after a hooked linear layer would overwrite its output.
-            values = out.detach().flatten(2).mean(2) if out.dim() > 2 else out.detach().clone()
-            pooled[layer].append(values.cpu())
-
-        hooks = [
-            holder.register_forward_hook(lambda module, inputs, out, layer=layer: record(layer, out))
-            for layer, holder in outputs.items()
-        ]
-        was_training = model.training
-        model.eval()
-        try:
-            labels = []
-            for x, y in self.batches:
-                model(x)
-                labels.append(y.cpu())
-        finally:
-            for hook in hooks:
-                hook.remove()
-            model.train(was_training)
-        y = torch.cat(labels)
-        self.scores = {layer: fisher_ratio(torch.cat(values), y) for layer, values in pooled.items()}
-
-    def __call__(self, group) -> torch.Tensor | None:
-        for dep, idxs in group:
-            if (
-                dep.handler in (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
-                and dep.target.module in self.scores
-            ):
-                return self.scores[dep.target.module][list(idxs)].float()
-        return None
+        raise ParameterError(f"{{0}} '{value}' is not known; choose one of: {', '.join(allowed)}.", parameter)
 
 
 # --------------------------------------------------------------------------- ratio allocation
@@ -262,26 +173,6 @@ def csi_allocation(
 # --------------------------------------------------------------------------- pruning
 
 
-def _importance(cfg: PruneConfig, batches: Batches | None) -> tp.importance.Importance:
-    if cfg.importance in NEEDS_DATA and not batches:
-        raise CompresskitError(
-            f"--importance {cfg.importance} needs calibration data (it looks at activations or "
-            "gradients), but none was given."
-        )
-    if cfg.importance == "l1":
-        return tp.importance.GroupMagnitudeImportance(p=1)
-    if cfg.importance == "l2":
-        return tp.importance.GroupMagnitudeImportance(p=2)
-    if cfg.importance == "bn-scale":
-        return tp.importance.BNScaleImportance()
-    if cfg.importance == "taylor":
-        return tp.importance.GroupTaylorImportance()
-    if cfg.importance == "random":
-        return tp.importance.RandomImportance()
-    assert batches is not None
-    return SeparationImportance(batches)
-
-
 def _linears(model: ConvNet) -> list[nn.Module]:
     """The head's linear layers in order (`ConvNet.named_blocks` kind ``fc``)."""
     return [fc.module for fc in model.named_blocks("fc")]
@@ -341,10 +232,14 @@ class ChannelPruner:
             raise CompresskitError(
                 "this model has low-rank factorized layers; prune before factorizing (prune, then lowrank)."
             )
-        if cfg.importance == "bn-scale" and not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
-            raise CompresskitError("--importance bn-scale needs a model with batch norm (a *_bn model).")
+        self.criterion = criterion(cfg.importance)
+        has_bn = any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+        if self.criterion.needs_batch_norm and not has_bn:
+            raise ParameterError(
+                f"{{0}} {cfg.importance} needs a model with batch norm (a *_bn model).", "importance"
+            )
         self.model, self.cfg, self.batches = model, cfg, batches
-        self.importance = _importance(cfg, batches)
+        self.importance = make_importance(cfg.importance, batches)
         convs = _convs(model)
         if sum(c.out_channels for c in convs) <= len(convs):
             raise CompresskitError("the model has nothing left to prune: every conv layer has one channel.")
@@ -373,7 +268,7 @@ class ChannelPruner:
     def step(self) -> list[int]:
         if isinstance(self.importance, SeparationImportance):
             self.importance.refresh(self.model)
-        elif self.cfg.importance == "taylor":
+        elif self.criterion.needs_gradients:
             self._accumulate_gradients()
         self.pruner.step()
         fit_se_gates(self.model)

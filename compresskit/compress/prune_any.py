@@ -13,27 +13,30 @@ whose output is the model's output, else the last one to run), and the rank of e
 factorized layer (its ``reduce`` factor's outputs; its input and output channels are pruned
 with their neighbours).
 
-Importances (``importance``) are those of `prune.py`. ``separation`` scores a channel by the
-Fisher ratio of its spatially averaged activated output on the calibration batches (`fisher_ratio`,
-read where `taps.find_taps` finds that output); a group's channel (several layers tied together,
-e.g. by a residual addition) scores the mean over its layers. ``allocate="csi"`` gives each group
-its own ratio from CSI gains (`allocate_any.csi_group_ratios`).
+Importances (``importance``) are those of `prune.py`, registered in `compresskit.compress.importance`.
+``separation`` scores a channel by the Fisher ratio of its spatially averaged activated output on
+the calibration batches (`fisher_ratio`, read where `taps.find_taps` finds that output); a group's
+channel (several layers tied together, e.g. by a residual addition) scores the mean over its
+layers. ``allocate="csi"`` gives each group its own ratio from CSI gains
+(`allocate_any.csi_group_ratios`); ``only`` prunes the groups it names and keeps every other one
+(`sensitivity_any`: one group at a time).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
 from compresskit.compress.allocate_any import csi_group_ratios, prunable_groups
-from compresskit.compress.prune import IMPORTANCES, NEEDS_DATA, fisher_ratio
+from compresskit.compress.importance import criterion, make_importance
+from compresskit.compress.separation_importance import fisher_ratio
 from compresskit.compress.taps import Batches, Tap, channel_means, find_taps, forward_example, run_taps
 from compresskit.edits import mark_changed, snapshot
-from compresskit.errors import CompresskitError
+from compresskit.errors import CompresskitError, ParameterError
 from compresskit.models import FACTORIZED, FactorizedConv2d, FactorizedLinear
 
 ALLOCATIONS = ("uniform", "csi")
@@ -42,11 +45,11 @@ _OUT_HANDLERS = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
 
 
 class GraphSeparationImportance(tp.importance.Importance):
-    """`prune.SeparationImportance` for any graph: each prunable layer's channels are scored by the
-    Fisher ratio of their activated output averaged over every position (one number per image and
-    channel; `taps.channel_means`), on the calibration batches. A group's score for a root channel
-    is the mean over the group's layers whose outputs hold that channel. Call `refresh` before a
-    pruning step."""
+    """`separation_importance.SeparationImportance` for any graph: each prunable layer's channels
+    are scored by the Fisher ratio of their activated output averaged over every position (one
+    number per image and channel; `taps.channel_means`), on the calibration batches. A group's
+    score for a root channel is the mean over the group's layers whose outputs hold that channel.
+    Call `refresh` before a pruning step."""
 
     def __init__(self, batches: Batches, taps: dict[nn.Module, Tap]) -> None:
         self.batches, self.taps = batches, taps
@@ -124,41 +127,24 @@ def _tensors(value: object) -> list[torch.Tensor]:
     return []
 
 
-def _importance(name: str, batches: Batches | None, taps: dict[nn.Module, Tap]) -> tp.importance.Importance:
-    if name == "l1":
-        return tp.importance.GroupMagnitudeImportance(p=1)
-    if name == "l2":
-        return tp.importance.GroupMagnitudeImportance(p=2)
-    if name == "bn-scale":
-        return tp.importance.BNScaleImportance()
-    if name == "taylor":
-        return tp.importance.GroupTaylorImportance()
-    if name == "random":
-        return tp.importance.RandomImportance()
-    assert batches
-    return GraphSeparationImportance(batches, taps)
-
-
 def _check(
     ratio: float, importance: str, allocate: str | None, calibration: Batches | None, round_to: int | None
 ) -> None:
     if not 0.0 < ratio < 1.0:
-        raise CompresskitError(f"ratio {ratio} is outside the allowed range (0, 1).")
-    if importance not in IMPORTANCES:
-        raise CompresskitError(
-            f"importance '{importance}' is not known; choose one of: {', '.join(IMPORTANCES)}."
-        )
+        raise ParameterError(f"{{0}} {ratio} is outside the allowed range (0, 1).", "ratio")
+    needs_data = criterion(importance).needs_calibration
     if allocate is not None and allocate not in ALLOCATIONS:
-        raise CompresskitError(
-            f"allocate '{allocate}' is not known; choose None or one of: {', '.join(ALLOCATIONS)}."
+        raise ParameterError(
+            f"{{0}} '{allocate}' is not known; choose None or one of: {', '.join(ALLOCATIONS)}.", "allocate"
         )
-    if (importance in NEEDS_DATA or allocate == "csi") and not calibration:
-        what = f"importance '{importance}'" if importance in NEEDS_DATA else "allocate='csi'"
-        raise CompresskitError(
-            f"{what} needs calibration batches ((images, labels) pairs), but none were given."
+    if (needs_data or allocate == "csi") and not calibration:
+        what = f"{{0}} '{importance}'" if needs_data else "{0}='csi'"
+        raise ParameterError(
+            f"{what} needs calibration batches ((images, labels) pairs), but none were given.",
+            "importance" if needs_data else "allocate",
         )
     if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
-        raise CompresskitError(f"round_to {round_to!r} must be a positive integer or None.")
+        raise ParameterError(f"{{0}} {round_to!r} must be a positive integer or None.", "round_to")
 
 
 def _resolve_ignored(
@@ -170,16 +156,73 @@ def _resolve_ignored(
     for item in ignored or []:
         path = item if isinstance(item, str) else paths.get(item)
         if path is None:
-            raise CompresskitError(
-                f"ignored_layers holds a {type(item).__name__} that is not a module of the model."
+            raise ParameterError(
+                f"{{0}} holds a {type(item).__name__} that is not a module of the model.", "ignored_layers"
             )
         try:
             found.append(work.get_submodule(path))
         except AttributeError:
-            raise CompresskitError(
-                f"ignored_layers names '{path}', which is not a module of the model."
+            raise ParameterError(
+                f"{{0}} names '{path}', which is not a module of the model.", "ignored_layers"
             ) from None
     return found
+
+
+def left_alone(
+    model: nn.Module,
+    work: nn.Module,
+    ignored_layers: Sequence[nn.Module | str] | None,
+    example_inputs: torch.Tensor | tuple,
+) -> list[nn.Module]:
+    """The modules of `work` (a copy of `model`) never pruned: `ignored_layers` (modules of `model`
+    or their paths), the output layer, and every factorized layer's ``reduce`` (its rank)."""
+    ignored = _resolve_ignored(model, work, ignored_layers)
+    head = output_layer(work, example_inputs)
+    ignored += [head] if head is not None else []
+    return ignored + [m.reduce for m in work.modules() if isinstance(m, FACTORIZED)]
+
+
+def group_layers(graph, group) -> list[nn.Module]:
+    """The conv and linear layers whose output channels `group` (of `graph`) prunes, depthwise
+    convs included, in group order, once each."""
+    return list(
+        dict.fromkeys(
+            dep.target.module
+            for dep, _ in group
+            if graph.is_out_channel_pruning_fn(dep.handler) and isinstance(dep.target.module, _ROOTS)
+        )
+    )
+
+
+def _only_ratios(work: nn.Module, graph, groups: list, only: Mapping[str, float]) -> dict[nn.Module, float]:
+    """`only` ({layer path: ratio}) as `MetaPruner`'s ``pruning_ratio_dict``: each path must name a
+    layer whose output channels a prunable group prunes, one path per group."""
+    group_of = {layer: i for i, group in enumerate(groups) for layer in group_layers(graph, group)}
+    ratios: dict[nn.Module, float] = {}
+    named: dict[int, str] = {}
+    for path, ratio in only.items():
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio < 1.0:
+            raise ParameterError(f"{{0}} gives '{path}' the ratio {ratio!r}, outside (0, 1).", "only")
+        try:
+            layer = work.get_submodule(path)
+        except AttributeError:
+            message = f"{{0}} names '{path}', which is not a module of the model."
+            raise ParameterError(message, "only") from None
+        if layer not in group_of:
+            raise ParameterError(
+                f"{{0}} names '{path}', whose output channels no prunable group prunes (the output layer "
+                "and ignored layers are left alone).",
+                "only",
+            )
+        if group_of[layer] in named:
+            raise ParameterError(
+                f"{{0}} names '{named[group_of[layer]]}' and '{path}', which prune the same group of "
+                "channels; name one of them.",
+                "only",
+            )
+        named[group_of[layer]] = path
+        ratios[layer] = float(ratio)
+    return ratios
 
 
 def _sync_factorized(model: nn.Module) -> None:
@@ -210,6 +253,7 @@ def prune_model(
     round_to: int | None = None,
     *,
     seed: int = 0,
+    only: Mapping[str, float] | None = None,
 ) -> nn.Module:
     """A pruned copy of `model` (which is not changed), in the train/eval modes it had.
 
@@ -224,18 +268,20 @@ def prune_model(
     - ignored_layers: modules of `model`, or their paths, never pruned (besides the output layer).
     - round_to: keep every pruned group's width a multiple of it.
     - seed: for the random importance; the global torch generator is left as it was.
+    - only: {layer path: ratio}: prune only the groups of these layers' output channels, each by
+      its ratio, and keep every other group (`ratio` is then unused); not with allocate='csi'.
 
     Every rebuilt module is marked (`compresskit.edits`), so ``compresskit.model_io.save`` records it.
     """
     if calibration is not None:  # every pass (scores, CSI) must see the same batches: a loader once
         calibration = [(x, y) for x, y in calibration]
     _check(ratio, importance, allocate, calibration, round_to)
+    if only is not None and allocate == "csi":
+        message = "{0} and {1}='csi' exclude each other: {0} gives each group its own ratio."
+        raise ParameterError(message, "only", "allocate")
     work = copy.deepcopy(model)
     modes = {name: m.training for name, m in work.named_modules()}
-    ignored = _resolve_ignored(model, work, ignored_layers)
-    head = output_layer(work, example_inputs)
-    ignored += [head] if head is not None else []
-    ignored += [m.reduce for m in work.modules() if isinstance(m, FACTORIZED)]  # keep every rank
+    ignored = left_alone(model, work, ignored_layers, example_inputs)
     before = snapshot(work)
     graph = tp.DependencyGraph().build_dependency(work, example_inputs=example_inputs)
     groups = prunable_groups(graph, ignored)
@@ -252,23 +298,23 @@ def prune_model(
         )
     )
     taps = find_taps(work, graph, layers) if importance == "separation" or allocate == "csi" else {}
-    ratios = None
+    ratios = None if only is None else _only_ratios(work, graph, groups, only)
     if allocate == "csi":
         assert calibration
         ratios = csi_group_ratios(work, graph, groups, taps, calibration, example_inputs, ratio, round_to)
-    scorer = _importance(importance, calibration, taps)
+    scorer = make_importance(importance, calibration, taps=taps)
     pruner = tp.pruner.MetaPruner(
         work,
         example_inputs,
         importance=scorer,
-        pruning_ratio=ratio,
+        pruning_ratio=ratio if only is None else 0.0,  # only: every group not named keeps its channels
         pruning_ratio_dict=ratios,
         ignored_layers=ignored,
         round_to=round_to,
     )
     if isinstance(scorer, GraphSeparationImportance):
         scorer.refresh(work)
-    elif importance == "taylor":
+    elif criterion(importance).needs_gradients:
         _accumulate_gradients(work, calibration or [])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -28,8 +28,9 @@ from torch import nn
 
 from compresskit import distributed
 from compresskit.checkpoint import Checkpoint, load_checkpoint
+from compresskit.compress.importance import NEEDS_DATA
 from compresskit.compress.lowrank import LowRankConfig
-from compresskit.compress.prune import NEEDS_DATA, PruneConfig
+from compresskit.compress.prune import PruneConfig
 from compresskit.errors import CompresskitError
 from compresskit.jobs.anymodel import checkpoint_input_shape, model_name
 from compresskit.jobs.common import recording_state
@@ -52,6 +53,7 @@ def check_prune_any(cfg: PruneConfig, where: Path | None) -> None:
         ("--steps", cfg.steps, 1),
         ("--scope", cfg.scope, "uniform"),
         ("--max-layer-ratio", cfg.max_layer_ratio, 1.0),
+        ("--layer-ratios", cfg.layer_ratios, None),
     ):
         if value != default:
             raise CompresskitError(

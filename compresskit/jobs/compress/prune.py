@@ -13,6 +13,7 @@ import torch
 from compresskit import distributed
 from compresskit.analysis.layers import block_csi
 from compresskit.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from compresskit.compress.importance import NEEDS_DATA
 from compresskit.compress.prune import ChannelPruner, PruneConfig, csi_allocation, rebuild
 from compresskit.errors import CompresskitError
 from compresskit.jobs.anymodel import is_convnet
@@ -77,7 +78,8 @@ def _prune_run(
     pruner, layer_ratios = pruner_of(job, cfg, calibration_samples, progress)
     widths = pruner.step()
     progress.log(f"pruning step 1/{cfg.steps}: conv widths {widths}")
-    step = f"prune {cfg.importance} {cfg.ratio:g} ({cfg.scope}, allocate {cfg.allocate}, steps {cfg.steps})"
+    allocation = cfg.allocate if cfg.layer_ratios is None else "given per layer"
+    step = f"prune {cfg.importance} {cfg.ratio:g} ({cfg.scope}, allocate {allocation}, steps {cfg.steps})"
     compressed, compressed_spec = rebuild(pruner.model, job.spec)
     compression = {
         "prune": cfg.to_dict(),
@@ -93,7 +95,7 @@ def _prune_run(
 def _check_calibration(cfg: PruneConfig, calibration_samples: int) -> None:
     if calibration_samples < 0:
         raise CompresskitError(f"--calibration-samples {calibration_samples} must be 0 or more.")
-    needs_data = cfg.importance in ("taylor", "separation") or cfg.allocate == "csi"
+    needs_data = cfg.importance in NEEDS_DATA or cfg.allocate == "csi"
     if needs_data and calibration_samples == 0:
         what = f"--importance {cfg.importance}" if cfg.allocate != "csi" else "--allocate csi"
         raise CompresskitError(f"{what} needs calibration data, but --calibration-samples is 0.")
@@ -103,9 +105,16 @@ def pruner_of(
     job: CompressionJob, cfg: PruneConfig, calibration_samples: int, progress: Progress
 ) -> tuple[ChannelPruner, list[float] | None]:
     """A pruner over a fresh copy of the source model (nothing pruned yet) and the per-layer
-    ratios it uses (None unless ``allocate == "csi"``)."""
+    ratios it uses (None unless ``allocate == "csi"`` or ``cfg.layer_ratios`` is given)."""
     batches = job.calibration(calibration_samples) if calibration_samples else None
     layer_ratios = None
+    if cfg.layer_ratios is not None:
+        layer_ratios = [float(r) for r in cfg.layer_ratios]
+        if len(layer_ratios) != len(job.spec.conv_widths):
+            raise CompresskitError(
+                f"--layer-ratios has {len(layer_ratios)} ratios, but {job.source.path} has "
+                f"{len(job.spec.conv_widths)} conv layers: give one per layer."
+            )
     if cfg.allocate == "csi":
         assert batches is not None
         csi, input_csi = block_csi(job.model, batches)
