@@ -37,6 +37,8 @@ from compresskit.cli import app
 from compresskit.data import Augmentation, ImageSplit, Loader
 from compresskit.models import build_model, make_spec
 
+pytestmark = pytest.mark.slow  # torchrun processes
+
 NO_BN_RTOL = 1e-4
 BN_RTOL = 0.1
 # fp32 on every CPU: on one with native bf16, `--precision auto` would add bf16 autocast, whose

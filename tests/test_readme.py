@@ -6,12 +6,15 @@ import re
 import shlex
 from pathlib import Path
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
 from compresskit.cli import app
 from compresskit.evaluation import ClassificationReport
 from tests.fastlatency import batch_one_latency
+
+pytestmark = pytest.mark.slow  # runs README's commands end to end
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 MARKER = "Everything the CLI does is a library call away in a notebook"

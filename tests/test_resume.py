@@ -22,6 +22,8 @@ from typer.testing import CliRunner
 from compresskit.checkpoint import load_checkpoint
 from compresskit.cli import app
 
+pytestmark = pytest.mark.slow  # subprocess kill-and-resume runs
+
 TRAIN = ["train", "--dataset", "synthetic", "--model", "cnn_bn", "--width", "0.5", "--batch-size", "32",
          "--dropout", "0.2", "--head", "mlp", "--quiet"]  # fmt: skip
 BATCHES_PER_EPOCH = 6  # 172 synthetic training images in batches of 32

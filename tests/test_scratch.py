@@ -411,6 +411,7 @@ def test_overfits_50_images(digits):
     assert history.loss[-1] < history.loss[0]
 
 
+@pytest.mark.slow
 def test_trains_to_90_percent_test_accuracy_on_digits_and_is_seeded(digits):
     X_train, X_test, y_train, y_test = digits
     runs = []
