@@ -1,5 +1,6 @@
 """What every job shares: loaders rebuilt from a run's recorded data, the per-epoch recorder that
-keeps a live run directory current, and the guard that records how a run ended."""
+keeps a live run directory current, the end of a training or fine-tuning run (last and best epoch
+tested, their checkpoints written), and the guard that records how a run ended."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -17,14 +19,14 @@ import torch
 
 from compresskit import __version__, distributed
 from compresskit.architecture import Architecture
-from compresskit.checkpoint import Checkpoint, load_checkpoint
+from compresskit.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint
 from compresskit.data import Augmentation, ImageDataset, ImageSplit, Loader, load_dataset
 from compresskit.errors import CompresskitError
 from compresskit.jobs.anymodel import input_shape, output_count, save_run_checkpoint
 from compresskit.models import ModelSpec
 from compresskit.plots import plot_training_curves
 from compresskit.rundir import DataRecord, RunConfig, SplitRecord, read_config, set_state, write_text_atomic
-from compresskit.train import HISTORY_COLUMNS, TrainingState
+from compresskit.train import HISTORY_COLUMNS, Precision, TrainingState, evaluate
 
 LAST_NAME = "last.pt"
 T = TypeVar("T")
@@ -214,6 +216,68 @@ class EpochRecorder:
         rows = self.combined(state.history)
         write_history(self.folder / "history.csv", rows)
         plot_training_curves(pd.DataFrame(rows), self.folder / "curves.png", title=self.title)
+
+
+@dataclass
+class LastAndBest:
+    """A finished fit's last and best epochs on the test set: the last epoch's accuracy (fraction)
+    and a copy of its weights, the best epoch's mean loss (nats) and accuracy (fraction)."""
+
+    last_acc: float
+    last_state: dict[str, torch.Tensor]
+    best_loss: float
+    best_acc: float
+
+
+def evaluate_last_and_best(
+    model: torch.nn.Module,
+    loader: Loader,
+    device: torch.device,
+    precision: Precision,
+    best_state: dict[str, torch.Tensor] | None,
+) -> LastAndBest:
+    """Test `model` (the last epoch's weights) on `loader` in `precision`, keep a copy of its state,
+    load `best_state` (None: no epoch ran, the same weights are tested again) and test again:
+    `model` is left holding the best weights. On every rank (collectives under torchrun)."""
+    _, last_acc = evaluate(model, loader, device, precision=precision)
+    last_state = {k: v.detach().clone() for k, v in model.state_dict().items()}  # not a view of `model`
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    best_loss, best_acc = evaluate(model, loader, device, precision=precision)
+    return LastAndBest(last_acc, last_state, best_loss, best_acc)
+
+
+def write_final_checkpoints(
+    out: Path,
+    saved: ModelSpec | Architecture,
+    model: torch.nn.Module,
+    last_state: dict[str, torch.Tensor],
+    history: list[dict],
+    *,
+    best_meta: dict,
+    last_meta: dict,
+    title: str,
+) -> None:
+    """Rank 0's end of a finished run in `out`: ``history.csv``, ``checkpoint.pt`` (`model`, holding
+    the best weights, with `best_meta`), ``last.pt`` rewritten with `last_state` and `last_meta`
+    (keeping the training state of the ``last.pt`` it replaces), and ``curves.png`` when there is a
+    history. `saved` is what the checkpoints are written from (a spec: format 1; an architecture:
+    format 2 with `model`'s edits)."""
+    write_history(out / "history.csv", history)
+    # checkpoint.pt first: a stop before last.pt is rewritten leaves the epoch's last.pt (raw
+    # weights, training state) that --resume continues from
+    save_run_checkpoint(out / CHECKPOINT_NAME, saved, model, best_meta)
+    last = load_checkpoint(out / LAST_NAME) if (out / LAST_NAME).is_file() else None
+    save_run_checkpoint(
+        out / LAST_NAME,
+        saved,
+        last_state,
+        last_meta,
+        training=None if last is None else last.training,
+        edits_of=model,
+    )
+    if history:
+        plot_training_curves(pd.DataFrame(history), out / "curves.png", title=title)
 
 
 @contextmanager

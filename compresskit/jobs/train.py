@@ -17,12 +17,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from compresskit import distributed
 from compresskit.architecture import Architecture
-from compresskit.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint
+from compresskit.checkpoint import Checkpoint, load_checkpoint
 from compresskit.data import (
     Augmentation,
     ImageDataset,
@@ -34,24 +33,24 @@ from compresskit.data import (
     load_dataset,
 )
 from compresskit.errors import CompresskitError
-from compresskit.jobs.anymodel import config_architecture, input_shape, save_run_checkpoint
+from compresskit.jobs.anymodel import config_architecture, input_shape
 from compresskit.jobs.common import (
     LAST_NAME,
     EpochRecorder,
     data_loaders,
+    evaluate_last_and_best,
     main_first,
     recording_state,
     run_dataset,
     split_record,
     versions,
-    write_history,
+    write_final_checkpoints,
 )
 from compresskit.jobs.layerwise import check_layerwise, fit_layerwise
 from compresskit.jobs.train_any import build_torchvision, check_model_options, is_torchvision
 from compresskit.layerwise import LayerwiseConfig, stage_spec
 from compresskit.live import TENSORBOARD_DIR, TensorBoardLog
 from compresskit.models import ModelSpec, build_model, check_init, count_parameters, make_spec
-from compresskit.plots import plot_training_curves
 from compresskit.progress import Progress
 from compresskit.rundir import (
     DataRecord,
@@ -69,7 +68,6 @@ from compresskit.train import (
     Precision,
     TrainConfig,
     TrainingState,
-    evaluate,
     fit,
     resolve_device,
     resolve_precision,
@@ -354,25 +352,14 @@ def _train(
     if result.averaged is not None:  # with --ema the model a user gets is the average
         model.load_state_dict(result.averaged)
     # every rank: a collective
-    _, last_test_acc = evaluate(model, test_loader, device, precision=test_precision)
-    last_state = {k: v.detach().clone() for k, v in model.state_dict().items()}  # not a view of `model`
-    model.load_state_dict(result.best_state)
-    test_loss, test_acc = evaluate(model, test_loader, device, precision=test_precision)
+    tests = evaluate_last_and_best(model, test_loader, device, test_precision, result.best_state)
+    test_acc, last_test_acc = tests.best_acc, tests.last_acc
     if distributed.is_main():
-        write_history(out / "history.csv", history)
         best = {**meta, "epoch": result.best_epoch, "val_acc": result.best_val_acc, "test_acc": test_acc}
-        save_run_checkpoint(out / CHECKPOINT_NAME, saved, model, {**best, **tested})
-        last = load_checkpoint(out / LAST_NAME) if (out / LAST_NAME).is_file() else None
-        save_run_checkpoint(
-            out / LAST_NAME,
-            saved,
-            last_state,
-            {**meta, "epoch": last_epoch, "test_acc": last_test_acc, **tested},
-            training=None if last is None else last.training,
-            edits_of=model,
-        )
-        if history:
-            plot_training_curves(pd.DataFrame(history), out / "curves.png", title=title)
+        write_final_checkpoints(
+            out, saved, model, tests.last_state, history, best_meta={**best, **tested},
+            last_meta={**meta, "epoch": last_epoch, "test_acc": last_test_acc, **tested}, title=title,
+        )  # fmt: skip
     summary = {
         "run": str(out),
         "model": name,
@@ -384,7 +371,7 @@ def _train(
         "best_epoch": result.best_epoch,
         "best_val_acc": result.best_val_acc,
         "test_acc": test_acc,
-        "test_loss": test_loss,
+        "test_loss": tests.best_loss,
         "last_test_acc": last_test_acc,
         **tested,
         "train_seconds": result.seconds,

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from torch import nn
 
 from compresskit import distributed
 from compresskit.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
@@ -23,7 +22,7 @@ from compresskit.jobs.common import data_loaders, run_dataset
 from compresskit.jobs.teacher import Teacher, open_teacher
 from compresskit.models import ConvNet, ModelSpec, count_parameters
 from compresskit.rundir import ModelRecord, RunConfig, create_output, read_config, write_config
-from compresskit.train import FitResult, Precision, TrainConfig, evaluate, resolve_device, resolve_precision
+from compresskit.train import Precision, TrainConfig, evaluate, resolve_device, resolve_precision
 
 LABELS = {"prune": "pruned", "lowrank": "factorized", "depth": "truncated"}
 
@@ -176,19 +175,6 @@ def on_main_exists(path: Path) -> bool:
     """Whether `path` exists as rank 0 sees it, on every rank (the others then read it: the run
     directory must be on a filesystem every rank sees)."""
     return bool(distributed.broadcast_object(path.is_file() if distributed.is_main() else None))
-
-
-def last_and_best(
-    job: CompressionJob, final: nn.Module, best: FitResult | None
-) -> tuple[float, dict[str, torch.Tensor], float]:
-    """The fine-tuned model's last epoch: its test accuracy and a copy of its weights; then `final`
-    holds the best epoch's weights (when there was a best) and its test accuracy is the third value.
-    Evaluated on every rank (collectives under torchrun)."""
-    last_acc = job.accuracy(final)
-    last_state = {k: v.detach().clone() for k, v in final.state_dict().items()}
-    if best is not None:
-        final.load_state_dict(best.best_state)
-    return last_acc, last_state, job.accuracy(final)
 
 
 def factorization_outcome(plans: list) -> tuple[pd.DataFrame, list[str], str]:

@@ -11,19 +11,17 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-import pandas as pd
 from torch import nn
 
 from compresskit import distributed
 from compresskit.architecture import Architecture
 from compresskit.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, save_checkpoint
-from compresskit.jobs.anymodel import checkpoint_input_shape, model_name, save_run_checkpoint
-from compresskit.jobs.common import LAST_NAME, EpochRecorder, write_history
-from compresskit.jobs.compress.base import LABELS, CompressionJob, last_and_best, on_main_exists, run_meta
+from compresskit.jobs.anymodel import checkpoint_input_shape, model_name
+from compresskit.jobs.common import EpochRecorder, evaluate_last_and_best, write_final_checkpoints
+from compresskit.jobs.compress.base import LABELS, CompressionJob, on_main_exists, run_meta
 from compresskit.jobs.report import measure_rows
 from compresskit.latency import describe as describe_latency
 from compresskit.models import ModelSpec, count_parameters
-from compresskit.plots import plot_training_curves
 from compresskit.progress import Progress
 from compresskit.report import comparison_table, write_report
 from compresskit.rundir import ModelRecord, RunConfig, write_config, write_json
@@ -129,25 +127,24 @@ def finish(
     model (last epoch). Returns the summary."""
     label = LABELS[config.command]
     compressed_model, what = compressed
-    last_acc, last_state, final_acc = last_and_best(job, final, best)
+    # every rank: collectives under torchrun
+    tests = evaluate_last_and_best(
+        final, job.test, job.device, job.test_precision, None if best is None else best.best_state
+    )
+    final_acc = tests.best_acc
     if not distributed.is_main():
         return {"run": str(out), "test_acc": final_acc, "table": None}
     # evaluated when <label>.pt was saved, before fine-tuning (perhaps by the run that stopped)
     compressed_acc = load_checkpoint(out / f"{label}.pt").meta["test_acc"]
-    write_history(out / "history.csv", history)
-    last = load_checkpoint(out / LAST_NAME) if (out / LAST_NAME).is_file() else None
-    save_run_checkpoint(
-        out / LAST_NAME, what, last_state, run_meta(job, config, test_acc=last_acc),
-        training=None if last is None else last.training, edits_of=final,
-    )  # fmt: skip
+    name = model_name(job.source)
     meta = run_meta(
         job, config, test_acc=final_acc, epoch=best.best_epoch if best else 0,
         val_acc=best.best_val_acc if best else None,
     )  # fmt: skip
-    save_run_checkpoint(out / CHECKPOINT_NAME, what, final, meta)
-    name = model_name(job.source)
-    if history:
-        plot_training_curves(pd.DataFrame(history), out / "curves.png", title=f"fine-tuning {label} {name}")
+    write_final_checkpoints(
+        out, what, final, tests.last_state, history, best_meta=meta,
+        last_meta=run_meta(job, config, test_acc=tests.last_acc), title=f"fine-tuning {label} {name}",
+    )  # fmt: skip
     progress.log("measuring parameters, MACs, size and latency of the three models")
     lineage = config.lineage
     record = {**asdict(config.model), "parameters": count_parameters(final)}
