@@ -168,10 +168,11 @@ def _depth(source: Path, out: Path, **distill) -> dict:
 @pytest.mark.slow
 def test_a_distilling_compressed_run_resumes_with_its_recorded_teacher(runs, tmp_path, monkeypatch):
     import compresskit.jobs.common as common_job
-    import compresskit.jobs.compress.finetune as compress_job  # fine_tune's EpochRecorder, finish's curves
+    import compresskit.jobs.compress.finetune as compress_job  # fine_tune's EpochRecorder
 
-    for module in (common_job, compress_job):  # the curves are half of these runs' time
-        monkeypatch.setattr(module, "plot_training_curves", lambda *args, **kwargs: None)
+    # the curves (every epoch's and the end of run's, both drawn in jobs/common.py) are half of
+    # these runs' time
+    monkeypatch.setattr(common_job, "plot_training_curves", lambda *args, **kwargs: None)
     source, teacher = runs
     chosen = {"distill": True, "teacher": str(teacher), "distill_temperature": 3.0, "distill_weight": 0.7}
     alone = _run(source, tmp_path / "alone", **chosen)
