@@ -24,7 +24,8 @@ class ParameterError(CompresskitError, ValueError):
     `message` names the i-th of `parameters` as ``{i}``, e.g.
     ``ParameterError("{0} must be in (0, 1); got 1.5", "ratio")``. ``str()`` gives the library's
     names ("ratio must be …"); `spelled` gives any other spelling (the CLI's "--ratio must be …").
-    Nothing else in the message is read as a placeholder, so values may contain braces.
+    Nothing else in the message is read as a placeholder, so values may contain braces; a value
+    that itself holds ``{0}``-style text (a regex such as ``a{2}``) is respelled too, a known limit.
     """
 
     def __init__(self, message: str, *parameters: str) -> None:
