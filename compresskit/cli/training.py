@@ -79,8 +79,16 @@ def train(
     ),
     epochs: int = typer.Option(30, help="Maximum number of epochs."),
     batch_size: int = typer.Option(128, help="Training batch size."),
-    lr: float = typer.Option(0.05, help="Peak learning rate."),
-    optimizer: OptimizerName = typer.Option("sgd", help="SGD with Nesterov momentum, or AdamW."),
+    lr: float | None = typer.Option(
+        None,
+        help="Peak learning rate (default: 0.05 for sgd; for adamw 0.001, or 0.0003 for a model of more "
+        "than 10 conv layers).",
+    ),
+    optimizer: OptimizerName | None = typer.Option(
+        None,
+        help="SGD with Nesterov momentum, or AdamW (default: sgd; adamw for a model without batch norm "
+        "when --lr is not given either).",
+    ),
     momentum: float = typer.Option(0.9, help="SGD momentum."),
     weight_decay: float = typer.Option(5e-4, help="Weight decay on weights (not biases or BN)."),
     schedule: ScheduleName = typer.Option("onecycle", help="Learning-rate schedule, stepped every batch."),
@@ -122,6 +130,7 @@ def train(
     continues a stopped one. Under torchrun --nproc_per_node N: data-parallel over N processes."""
     from compresskit import distributed
     from compresskit.jobs import DataOptions, ModelOptions, resume_train_run, train_run
+    from compresskit.jobs.train import default_recipe
     from compresskit.layerwise import LayerwiseConfig
     from compresskit.progress import Progress
     from compresskit.train import TrainConfig
@@ -135,8 +144,14 @@ def train(
         else:
             if out is None:
                 raise CompresskitError("train needs --out DIR (a new run directory) or --resume RUN.")
+            model_options = ModelOptions(
+                name=model, width=width, head=head.value, dropout=dropout, global_pool=global_pool,
+                init=init.value, kwargs=_json_object(model_kwargs, "--model-kwargs"), cifar_stem=cifar_stem,
+            )  # fmt: skip
+            # the model's defaults are resolved here, so config.json records the values used
+            optimizer_name, lr = default_recipe(model_options, optimizer and optimizer.value, lr)
             cfg = TrainConfig(
-                epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer.value, momentum=momentum,
+                epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer_name, momentum=momentum,
                 weight_decay=weight_decay, schedule=schedule.value, step_size=step_size, gamma=gamma,
                 label_smoothing=label_smoothing, target_accuracy=target_accuracy, patience=patience,
                 seed=seed, device=device.value, compile=compile, precision=precision.value,
@@ -145,9 +160,7 @@ def train(
             )  # fmt: skip
             summary = train_run(
                 out,
-                ModelOptions(name=model, width=width, head=head.value, dropout=dropout,
-                             global_pool=global_pool, init=init.value,
-                             kwargs=_json_object(model_kwargs, "--model-kwargs"), cifar_stem=cifar_stem),
+                model_options,
                 DataOptions(dataset=dataset, data_dir=data_folder, download=download,
                             val_fraction=val_fraction, augment=augment, labels=labels.value,
                             image_size=image_size),

@@ -47,7 +47,12 @@ from compresskit.jobs.common import (
     write_final_checkpoints,
 )
 from compresskit.jobs.layerwise import check_layerwise, fit_layerwise
-from compresskit.jobs.train_any import build_torchvision, check_model_options, is_torchvision
+from compresskit.jobs.train_any import (
+    build_torchvision,
+    check_model_options,
+    is_torchvision,
+    torchvision_traits,
+)
 from compresskit.layerwise import LayerwiseConfig, stage_spec
 from compresskit.live import TENSORBOARD_DIR, TensorBoardLog
 from compresskit.models import ModelSpec, build_model, check_init, count_parameters, make_spec
@@ -72,6 +77,7 @@ from compresskit.train import (
     resolve_device,
     resolve_precision,
 )
+from compresskit.train.config import default_lr, default_optimizer
 
 
 @dataclass
@@ -113,6 +119,21 @@ def _model_spec(options: ModelOptions, *, num_classes: int, in_channels: int, in
         global_pool=options.global_pool,
         input_size=input_size,
     )
+
+
+def default_recipe(options: ModelOptions, optimizer: str | None, lr: float | None) -> tuple[str, float]:
+    """The optimizer and peak learning rate of a new run, None where not given: SGD when only the
+    rate is given (as before this default existed); otherwise `default_optimizer` and `default_lr`
+    of `options`' model (batch norm or not, conv layers)."""
+    if lr is not None:
+        return optimizer or "sgd", lr
+    if is_torchvision(options):
+        batch_norm, conv_layers = torchvision_traits(options)
+    else:
+        spec = make_spec(options.name)
+        batch_norm, conv_layers = spec.batch_norm, len(spec.conv_widths)
+    optimizer = optimizer or default_optimizer(batch_norm)
+    return optimizer, default_lr(optimizer, conv_layers)
 
 
 def train_run(

@@ -19,6 +19,7 @@ from compresskit.errors import CompresskitError
 from compresskit.jobs.anymodel import TORCHVISION_FACTORY, TORCHVISION_PREFIX, output_count
 from compresskit.models import count_parameters
 from compresskit.rundir import ModelRecord
+from compresskit.train.config import conv_layer_count, has_batch_norm
 from compresskit.zoo import check_torchvision_name
 
 if TYPE_CHECKING:
@@ -31,15 +32,15 @@ def is_torchvision(options: ModelOptions) -> bool:
     return options.name.startswith(TORCHVISION_PREFIX)
 
 
-def check_model_options(options: ModelOptions, *, layerwise: bool) -> None:
+def check_model_options(options: ModelOptions, *, layerwise: bool) -> nn.Module | None:
     """Refuse flags that do not fit the kind of model asked for; for a torchvision model, also build
     it once (3 channels, 2 classes) so that a bad name, --model-kwargs or --cifar-stem is refused
-    before any data is loaded."""
+    before any data is loaded, and return that model (None for compresskit's own)."""
     if not is_torchvision(options):
         if options.kwargs is not None or options.cifar_stem:
             flag = "--model-kwargs" if options.kwargs is not None else "--cifar-stem"
             raise CompresskitError(f"{flag} is for --model torchvision:NAME, not --model {options.name}.")
-        return
+        return None
     name = options.name.removeprefix(TORCHVISION_PREFIX)
     check_torchvision_name(name)
     defaults = {"width": 1.0, "head": "linear", "dropout": 0.0, "global_pool": False, "init": "kaiming"}
@@ -54,7 +55,7 @@ def check_model_options(options: ModelOptions, *, layerwise: bool) -> None:
         raise CompresskitError(
             "--layerwise grows compresskit's own models block by block, not torchvision's."
         )
-    architecture(options, num_classes=2, in_channels=3).build()
+    return architecture(options, num_classes=2, in_channels=3).build()
 
 
 def architecture(options: ModelOptions, *, num_classes: int, in_channels: int) -> Architecture:
@@ -67,6 +68,15 @@ def architecture(options: ModelOptions, *, num_classes: int, in_channels: int) -
         "kwargs": options.kwargs or {},
     }
     return Architecture(factory=TORCHVISION_FACTORY, kwargs=check_factory_kwargs(kwargs, "--model-kwargs"))
+
+
+def torchvision_traits(options: ModelOptions) -> tuple[bool, int]:
+    """Whether `options`' torchvision model has batch norm, and its number of conv layers, from the
+    model `check_model_options` builds (the global random generator is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        model = check_model_options(options, layerwise=False)
+    assert model is not None
+    return has_batch_norm(model), conv_layer_count(model)
 
 
 def build_torchvision(
